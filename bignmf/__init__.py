@@ -1,0 +1,26 @@
+"""bignmf: out-of-core, distributed non-negative matrix factorization on Dask and Zarr."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .errors import BigNMFError, InputError, StoreExistsError, StoreFormatError
+from .ingest import convert
+from .storage import CSRStore, open_matrix, write_matrix
+from .types import Source
+
+try:
+    __version__ = version("bignmf")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "BigNMFError",
+    "CSRStore",
+    "InputError",
+    "Source",
+    "StoreExistsError",
+    "StoreFormatError",
+    "__version__",
+    "convert",
+    "open_matrix",
+    "write_matrix",
+]

@@ -1,0 +1,23 @@
+"""Exceptions raised by bignmf.
+
+Every error about user data names where the problem is (the source, the row block and the
+offending count or value) so that a user can find it in a file of billions of entries.
+"""
+
+from __future__ import annotations
+
+
+class BigNMFError(Exception):
+    """Base class of every error bignmf raises on purpose."""
+
+
+class InputError(BigNMFError, ValueError):
+    """The input matrix is malformed: bad values, bad shape, bad indices or a bad file."""
+
+
+class StoreExistsError(BigNMFError, FileExistsError):
+    """The destination store already exists and overwriting was not asked for."""
+
+
+class StoreFormatError(BigNMFError, ValueError):
+    """A path does not hold a sparse matrix store bignmf can read."""

@@ -1,0 +1,55 @@
+"""Getting a matrix into a store: any supported source, one streamed writer."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .storage import CSRStore, write_matrix
+
+
+def convert(
+    src: Any,
+    dst: str | os.PathLike,
+    *,
+    format: str | None = None,
+    key: str | None = None,
+    slab_nnz: int | None = None,
+    **write_options: Any,
+) -> CSRStore:
+    """Convert a matrix from any supported source into a bignmf sparse store.
+
+    Parameters
+    ----------
+    src : path or array-like
+        A scipy.sparse matrix, NumPy array, Dask array, or a path to an ``.npz``
+        (``scipy.sparse.save_npz``), Matrix Market ``.mtx``/``.mtx.gz``, AnnData ``.h5ad`` or
+        ``.zarr`` store, or dense Zarr array.
+    dst : path
+        Directory of the new store.
+    format : str, optional
+        Force the source format instead of guessing it from the suffix.
+    key : str, optional
+        The matrix inside an AnnData file (default ``"X"``; e.g. ``"layers/counts"``).
+    slab_nnz : int, optional
+        Nonzeros read from the source at a time (bounds the reader's memory).
+    **write_options
+        Passed to :func:`bignmf.storage.write_matrix` (``overwrite``, ``dtype``, ``chunk_size``,
+        ``block_nnz``, ``block_rows``, ``codec``, ``progress``).
+
+    Returns
+    -------
+    CSRStore
+        The new store.
+
+    Notes
+    -----
+    Memory is bounded by the reader's slab and the writer's row block, not by the matrix:
+    files larger than RAM convert. Matrix Market files not sorted by row go through an external
+    bucket sort whose temporary files are as large as the matrix.
+    """
+    from .readers import open_source
+
+    options = {} if slab_nnz is None else {"slab_nnz": slab_nnz}
+    source = open_source(src, format=format, key=key, **options)
+    return write_matrix(source, dst, **write_options)
