@@ -36,14 +36,15 @@ import numpy as np
 import scipy.sparse as sp
 import zarr
 from zarr.buffer.cpu import NDBuffer
-from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
 
 from .errors import InputError, StoreExistsError, StoreFormatError
 from .types import Source
 from .validate import canonical_block, index_dtype, value_dtype
 
 FORMAT_VERSION = 1
-DEFAULT_CHUNK_SIZE = 2**19
+DEFAULT_CHUNK_SIZE = 2**20
+INDPTR_CHUNK_DIVISOR = 16  # a block's indptr is its rows, far fewer than its nonzeros
 DEFAULT_BLOCK_CHUNKS = 4
 DEFAULT_CODEC = "lz4"
 _WRITE_CHUNKS = 4  # chunks buffered per write so zarr compresses several at once
@@ -152,6 +153,7 @@ class _BlockWriter:
     row_offsets: list[int] = field(default_factory=lambda: [0])
     nnz_offsets: list[int] = field(default_factory=lambda: [0])
     frobenius_sq: float = 0.0
+    value_sum: float = 0.0
 
     def __post_init__(self) -> None:
         self.indptr.append(np.zeros(1, dtype=np.int64))
@@ -163,16 +165,26 @@ class _BlockWriter:
         self.indptr.append(block.indptr[1:].astype(np.int64) + nnz0)
         self.row_offsets.append(self.row_offsets[-1] + block.shape[0])
         self.nnz_offsets.append(nnz0 + block.nnz)
-        self.frobenius_sq += float(np.dot(block.data, block.data.astype(np.float64)))
+        sq, total = _data_stats(block.data)
+        self.frobenius_sq += sq
+        self.value_sum += total
+
+
+def _data_stats(values: np.ndarray) -> tuple[float, float]:
+    """Sum of squares and sum of stored values, accumulated in float64."""
+    wide = values.astype(np.float64)
+    return float(np.dot(wide, wide)), float(wide.sum())
 
 
 def _create_arrays(group: zarr.Group, dtype: np.dtype, idx: np.dtype, chunk: int, codec: str):
-    def create(name, dt):
+    def create(name, dt, length):
         return group.create_array(
-            name, shape=(0,), chunks=(chunk,), dtype=dt, compressors=_codec(codec), fill_value=0
+            name, shape=(0,), chunks=(length,), dtype=dt, compressors=_codec(codec), fill_value=0
         )
 
-    return create("data", dtype), create("indices", idx), create("indptr", np.int64)
+    indptr_chunk = max(chunk // INDPTR_CHUNK_DIVISOR, 1024)
+    return (create("data", dtype, chunk), create("indices", idx, chunk),
+            create("indptr", np.int64, indptr_chunk))  # fmt: skip
 
 
 def _slabs_in_blocks(
@@ -289,7 +301,7 @@ def write_matrix(
     try:
         group = zarr.open_group(tmp, mode="w-", zarr_format=3)
         arrays = _create_arrays(group, dtype, index_dtype(n_cols), chunk_size, codec)
-        writer = _BlockWriter(*(_ChunkedAppender(a, chunk_size) for a in arrays))
+        writer = _BlockWriter(*(_ChunkedAppender(a, a.chunks[0]) for a in arrays))
         for block in _slabs_in_blocks(source, dtype, planner):
             writer.write(block)
             if progress is not None:
@@ -316,6 +328,7 @@ def _attributes(source: Source, writer: _BlockWriter, chunk_size: int, codec: st
             "row_offsets": writer.row_offsets,
             "nnz_offsets": writer.nnz_offsets,
             "frobenius_sq": writer.frobenius_sq,
+            "sum": writer.value_sum,
             "chunk_size": chunk_size,
             "codec": codec,
             "source": source.name,
@@ -338,6 +351,7 @@ class Layout:
     nnz_offsets: np.ndarray
     chunk_size: int
     frobenius_sq: float | None
+    value_sum: float | None
 
 
 class BlockBuffers:
@@ -360,6 +374,74 @@ def _read_into(array: zarr.Array, start: int, stop: int, out: np.ndarray | None)
     view = out[: stop - start]
     array.get_basic_selection(slice(start, stop), out=NDBuffer.from_numpy_array(view))
     return view
+
+
+class DirectChunkReader:
+    """Reads a range of a 1-D array by decoding its chunk files straight into the output.
+
+    zarr 3.1 decodes every chunk into a new buffer and copies it out, which measured 2-3x slower
+    than decoding in place (benchmarks/README.md). This path serves the arrays bignmf writes —
+    zarr v3, local directory, default chunk keys, little-endian bytes, blosc, zstd or no
+    compression — and :meth:`for_array` returns None for anything else, read through zarr.
+    """
+
+    def __init__(self, directory: Path, chunk: int, length: int, dtype: np.dtype, decoder):
+        self.directory = directory
+        self.chunk = chunk
+        self.length = length
+        self.dtype = dtype
+        self.decoder = decoder
+
+    @classmethod
+    def for_array(cls, array: zarr.Array) -> DirectChunkReader | None:
+        """A reader for ``array`` if its layout is one this class understands."""
+        import numcodecs
+
+        meta = array.metadata
+        root = getattr(array.store, "root", None)
+        if getattr(meta, "zarr_format", None) != 3 or root is None or array.ndim != 1:
+            return None
+        key = meta.chunk_key_encoding
+        if getattr(key, "name", None) != "default" or getattr(key, "separator", None) != "/":
+            return None
+        codecs = list(meta.codecs)
+        first = codecs.pop(0) if codecs else None
+        dtype = np.dtype(array.dtype)
+        if not isinstance(first, BytesCodec) or dtype.byteorder not in ("=", "<", "|"):
+            return None
+        if getattr(first.endian, "value", "little") != "little" or len(codecs) > 1:
+            return None
+        decoder = None
+        if codecs:
+            decoder = {BloscCodec: numcodecs.Blosc, ZstdCodec: numcodecs.Zstd}.get(type(codecs[0]))
+            if decoder is None:
+                return None
+            decoder = decoder()
+        directory = Path(root) / array.path
+        return cls(directory, int(array.chunks[0]), int(array.shape[0]), dtype, decoder)
+
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Elements ``start:stop``, into ``out`` (a view of its head) when given."""
+        out = np.empty(stop - start, self.dtype) if out is None else out[: stop - start]
+        scratch = None
+        for c in range(start // self.chunk, -(-stop // self.chunk)):
+            lo, hi = max(start, c * self.chunk), min(stop, (c + 1) * self.chunk)
+            target = out[lo - start : hi - start]
+            path = self.directory / "c" / str(c)
+            if not path.exists():  # never written: zarr's fill value
+                target[...] = 0
+            elif self.decoder is None:
+                with open(path, "rb", buffering=0) as f:
+                    f.seek((lo - c * self.chunk) * self.dtype.itemsize)
+                    f.readinto(memoryview(target).cast("B"))
+            elif hi - lo == self.chunk:
+                self.decoder.decode(path.read_bytes(), out=target)
+            else:
+                if scratch is None:
+                    scratch = np.empty(self.chunk, self.dtype)
+                self.decoder.decode(path.read_bytes(), out=scratch)
+                target[...] = scratch[lo - c * self.chunk : hi - c * self.chunk]
+        return out
 
 
 class CSRStore:
@@ -386,6 +468,8 @@ class CSRStore:
         self.key = key
         self.layout = layout
         self._group: zarr.Group | None = None
+        self._arrays: tuple[zarr.Array, zarr.Array, zarr.Array] | None = None
+        self._readers: tuple | None = None
 
     def __getstate__(self) -> dict:
         return {"path": self.path, "key": self.key, "layout": self.layout}
@@ -424,15 +508,43 @@ class CSRStore:
         return self._group
 
     @property
+    def arrays(self) -> tuple[zarr.Array, zarr.Array, zarr.Array]:
+        """``(data, indices, indptr)``, opened once: each lookup re-reads metadata."""
+        if self._arrays is None:
+            g = self.group
+            self._arrays = (g["data"], g["indices"], g["indptr"])
+        return self._arrays
+
+    def _read(self, which: int, start: int, stop: int, out: np.ndarray | None) -> np.ndarray:
+        """Elements of data (0), indices (1) or indptr (2), decoded in place where possible."""
+        if self._readers is None:
+            self._readers = tuple(DirectChunkReader.for_array(a) for a in self.arrays)
+        reader = self._readers[which]
+        if reader is None:
+            return _read_into(self.arrays[which], start, stop, out)
+        return reader.read(start, stop, out)
+
+    @property
     def frobenius_sq(self) -> float:
-        """Squared Frobenius norm, from the attributes or (foreign stores) computed once."""
-        if self.layout.frobenius_sq is None:
-            total = 0.0
-            for start, stop in _chunk_ranges(self.nnz, self.layout.chunk_size):
-                values = self.group["data"][start:stop]
-                total += float(np.dot(values, values.astype(np.float64)))
-            object.__setattr__(self.layout, "frobenius_sq", total)
-        return self.layout.frobenius_sq
+        """Squared Frobenius norm ‖A‖²_F (float64)."""
+        return self._statistics()[0]
+
+    @property
+    def value_sum(self) -> float:
+        """Sum of all entries of A (float64); ``value_sum / (m * n)`` is A's mean."""
+        return self._statistics()[1]
+
+    def _statistics(self) -> tuple[float, float]:
+        """Stored at write time; for stores written elsewhere, one pass over ``data``, once."""
+        lay = self.layout
+        if lay.frobenius_sq is None or lay.value_sum is None:
+            sq = total = 0.0
+            for start, stop in _chunk_ranges(self.nnz, 4 * lay.chunk_size):
+                part_sq, part_sum = _data_stats(self.arrays[0][start:stop])
+                sq, total = sq + part_sq, total + part_sum
+            object.__setattr__(lay, "frobenius_sq", sq)
+            object.__setattr__(lay, "value_sum", total)
+        return lay.frobenius_sq, lay.value_sum
 
     # -- reading
     def block_rows(self, i: int) -> tuple[int, int]:
@@ -461,15 +573,14 @@ class CSRStore:
             raise IndexError(f"row block {i} out of range [0, {self.n_blocks})")
         r0, r1 = self.block_rows(i)
         s, e = int(self.nnz_offsets[i]), int(self.nnz_offsets[i + 1])
-        g = self.group
-        indptr = _read_into(g["indptr"], r0, r1 + 1, buffers.indptr if buffers else None)
+        indptr = self._read(2, r0, r1 + 1, buffers.indptr if buffers else None)
         if indptr[0] != s or indptr[-1] != e:
             raise StoreFormatError(
                 f"{self.path}: row block {i} (rows {r0}-{r1 - 1}): indptr runs {indptr[0]}-"
                 f"{indptr[-1]}, the store's block table says {s}-{e}; the store is corrupt"
             )
-        data = _read_into(g["data"], s, e, buffers.data if buffers else None)
-        indices = _read_into(g["indices"], s, e, buffers.indices if buffers else None)
+        data = self._read(0, s, e, buffers.data if buffers else None)
+        indices = self._read(1, s, e, buffers.indices if buffers else None)
         local = (indptr - s).astype(indices.dtype, copy=False)
         return _csr_view(data, indices, local, (r1 - r0, self.shape[1]))
 
@@ -541,7 +652,7 @@ class CSRStore:
                 "max": int(block_nnz.max()),
             },
             "chunk_size": self.layout.chunk_size,
-            "codec": _codec_name(self.group["data"]),
+            "codec": _codec_name(self.arrays[0]),
             "bytes_uncompressed": raw,
             "bytes_on_disk": disk,
             "compression_ratio": raw / disk if disk else float("nan"),
@@ -678,10 +789,9 @@ def _layout(group: zarr.Group, where: str, block_nnz: int | None) -> Layout:
     if meta and block_nnz is None:
         rows = np.asarray(meta["row_offsets"], dtype=np.int64)
         nnzs = np.asarray(meta["nnz_offsets"], dtype=np.int64)
-        frob = meta.get("frobenius_sq")
     else:
         rows, nnzs = _plan_foreign(indptr, block_nnz or DEFAULT_BLOCK_CHUNKS * max(chunk, 1 << 16))
-        frob = meta.get("frobenius_sq") if meta else None
+    frob, total = (meta.get("frobenius_sq"), meta.get("sum")) if meta else (None, None)
     if nnzs[-1] != data.shape[0] or rows[-1] != shape[0]:
         raise StoreFormatError(f"{where}: block table does not cover the matrix; store is corrupt")
     return Layout(
@@ -693,6 +803,7 @@ def _layout(group: zarr.Group, where: str, block_nnz: int | None) -> Layout:
         nnzs,
         chunk,
         frob,
+        total,
     )
 
 
