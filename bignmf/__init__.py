@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .engine import IterationInfo, NMFResult, nmf
 from .errors import BigNMFError, InputError, StoreExistsError, StoreFormatError
 from .ingest import convert
 from .storage import CSRStore, open_matrix, write_matrix
@@ -16,11 +17,14 @@ __all__ = [
     "BigNMFError",
     "CSRStore",
     "InputError",
+    "IterationInfo",
+    "NMFResult",
     "Source",
     "StoreExistsError",
     "StoreFormatError",
     "__version__",
     "convert",
+    "nmf",
     "open_matrix",
     "write_matrix",
 ]

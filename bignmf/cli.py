@@ -68,6 +68,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def _cmd_generate(args: argparse.Namespace) -> int:
     from .synthetic import make_planted
 
+    options = _store_options(args)
+    options["dtype"] = options["dtype"] or "float32"
     with _progress_bar(args.rows, not args.no_progress, "generate") as bar:
         store = make_planted(
             args.dst,
@@ -77,7 +79,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             nnz_per_row=args.nnz_per_row,
             seed=args.seed,
             progress=bar.update,
-            **_store_options(args),
+            **options,
         )
     _print_info(store.info())
     return 0

@@ -1,0 +1,102 @@
+"""Where W lives between iterations: in worker memory, or on disk beside A.
+
+W (m×k) is cut into the row blocks of A. Either its blocks stay in memory as persisted task
+results (fast; the default when W fits comfortably), or each block is a Zarr array in a group
+next to the run, double-buffered: iteration t reads buffer ``t % 2`` and writes the other, so a
+task that is rerun (a lost worker) rewrites the same values and never reads half-updated ones.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+W_MEMORY_FRACTION = 0.25  # W kept in memory when it needs at most this share of RAM
+
+
+def _memory_bytes() -> int:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except ImportError:  # psutil comes with distributed; this is only a fallback
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def choose_storage(n_rows: int, k: int, dtype: np.dtype, requested: str = "auto") -> str:
+    """``'memory'`` or ``'zarr'``: an explicit request wins, else memory if W fits easily.
+
+    Parameters
+    ----------
+    n_rows, k : int
+        Shape of W.
+    dtype : numpy.dtype
+        Dtype of W.
+    requested : {'auto', 'memory', 'zarr'}
+        The user's choice.
+    """
+    if requested not in ("auto", "memory", "zarr"):
+        raise ValueError(f"w_storage must be 'auto', 'memory' or 'zarr', not {requested!r}")
+    if requested != "auto":
+        return requested
+    need = n_rows * k * np.dtype(dtype).itemsize * 3  # W_t, W_t+1 and working copies
+    return "memory" if need <= W_MEMORY_FRACTION * _memory_bytes() else "zarr"
+
+
+class ZarrBlocks:
+    """W's row blocks as Zarr arrays ``{path}/{buffer}/{block}``, two buffers.
+
+    Parameters
+    ----------
+    path : path
+        Directory of the factor's Zarr group.
+    row_offsets : array of int
+        Row blocks of A (and so of W).
+    k : int
+        Number of components.
+    dtype : numpy.dtype
+        Dtype of W.
+    """
+
+    def __init__(self, path: str | os.PathLike, row_offsets: np.ndarray, k: int, dtype):
+        self.path = str(path)
+        self.row_offsets = np.asarray(row_offsets, dtype=np.int64)
+        self.k = k
+        self.dtype = np.dtype(dtype)
+
+    def create(self) -> ZarrBlocks:
+        """Create both buffers' arrays (one chunk per block, uncompressed: W is dense floats)."""
+        root = zarr.open_group(self.path, mode="a", zarr_format=3)
+        sizes = np.diff(self.row_offsets)
+        for buffer in ("0", "1"):
+            group = root.require_group(buffer)
+            for i, rows in enumerate(sizes):
+                group.create_array(
+                    str(i), shape=(int(rows), self.k), chunks=(max(int(rows), 1), self.k),
+                    dtype=self.dtype, compressors=None, fill_value=0.0, overwrite=True,
+                )  # fmt: skip
+        return self
+
+    def _array(self, buffer: int, i: int) -> zarr.Array:
+        return zarr.open_array(Path(self.path) / str(buffer % 2) / str(i), mode="r+")
+
+    def read(self, buffer: int, i: int) -> np.ndarray:
+        """Block ``i`` of W from ``buffer``."""
+        return self._array(buffer, i)[...]
+
+    def write(self, buffer: int, i: int, values: np.ndarray) -> None:
+        """Write block ``i`` of W into ``buffer``."""
+        self._array(buffer, i)[...] = values
+
+    def to_dask(self, buffer: int):
+        """W from ``buffer`` as a lazy Dask array, one chunk per row block."""
+        import dask.array as da
+
+        parts = [da.from_zarr(self._array(buffer, i)) for i in range(len(self.row_offsets) - 1)]
+        return da.concatenate(parts, axis=0)
+
+    def __dask_tokenize__(self) -> tuple:
+        return ("bignmf-zarr-blocks", self.path, self.k, str(self.dtype))

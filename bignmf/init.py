@@ -1,0 +1,199 @@
+"""Initial factors, computed blockwise: random, custom, and NNDSVD from a randomized SVD.
+
+This module computes (its passes run between graph building and the driver's loop).
+
+Every initialisation produces W's row blocks where the iterations will keep them (persisted in
+memory, or in buffer 0 of the Zarr blocks) and H in the driver. NNDSVD (Boutsidis & Gallopoulos,
+2008) needs the leading singular vectors of A; they come from a randomized SVD (Halko, Martinsson
+& Tropp, 2011) whose every pass over A is one blockwise pass with the partial sums ``YᵀY`` and
+``AᵀY`` reduced like an iteration's, so A is never held in memory and ``Y = A·Z`` is never stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .graph import WIO, block_pass
+
+INITS = ("random", "custom", "nndsvd", "nndsvda", "nndsvdar")
+EPS = np.finfo(np.float32).eps
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    """Everything an initialisation step needs besides the matrix."""
+
+    k: int
+    dtype: np.dtype
+    seed: int
+    row_offsets: np.ndarray
+
+
+def random_scale(matrix: Any, k: int) -> float:
+    """scikit-learn's scale for random init: ``sqrt(mean(A) / k)``."""
+    m, n = matrix.shape
+    return float(np.sqrt(matrix.value_sum / (m * n) / k))
+
+
+# ------------------------------------------------------------------------ random and custom
+
+
+def _random_step(A_i, W_i, i, spec: InitSpec, scale: float, work):
+    rows = int(spec.row_offsets[i + 1] - spec.row_offsets[i])
+    block = scale * np.random.default_rng([spec.seed, 1, i]).standard_normal((rows, spec.k))
+    return None, np.abs(block, out=block).astype(spec.dtype, copy=False)
+
+
+def _slice_step(A_i, W_i, i, W: np.ndarray, spec: InitSpec, work):
+    r0, r1 = int(spec.row_offsets[i]), int(spec.row_offsets[i + 1])
+    return None, np.ascontiguousarray(W[r0:r1], dtype=spec.dtype)
+
+
+def random_init(matrix, groups, spec: InitSpec, w_store=None) -> tuple[list | None, np.ndarray]:
+    """``scale·|N(0, 1)|`` with scikit-learn's scale, seeded per row block (W) and for H."""
+    scale = random_scale(matrix, spec.k)
+    rng = np.random.default_rng([spec.seed, 0])
+    H = np.abs(scale * rng.standard_normal((spec.k, matrix.shape[1]))).astype(spec.dtype)
+    w, _ = block_pass(matrix, groups, _random_step, (spec, scale), None, WIO(w_store, None, 0),
+                      reads_a=False)  # fmt: skip
+    return w, H
+
+
+def custom_init(matrix, groups, spec: InitSpec, W, H, w_store=None) -> tuple[list | None, Any]:
+    """The user's W (cut into row blocks) and H, checked."""
+    m, n = matrix.shape
+    if W is None or H is None:
+        raise ValueError("init='custom' needs both W and H")
+    W, H = np.asarray(W), np.asarray(H)
+    for name, X, shape in (("W", W, (m, spec.k)), ("H", H, (spec.k, n))):
+        if X.shape != shape:
+            raise ValueError(f"initial {name} must have shape {shape}, got {X.shape}")
+        if not np.isfinite(X).all() or (X < 0).any():
+            raise ValueError(f"initial {name} must be finite and non-negative")
+    w, _ = block_pass(matrix, groups, _slice_step, (W, spec), None, WIO(w_store, None, 0),
+                      reads_a=False)  # fmt: skip
+    return w, np.ascontiguousarray(H, dtype=spec.dtype)
+
+
+# ------------------------------------------------------------------------ randomized SVD
+
+
+def _sketch_step(A_i, W_i, i, Z: np.ndarray, work):
+    """``Y_i = A_i·Z`` and its contributions to ``YᵀY`` and ``AᵀY`` (float64)."""
+    Y = np.asarray(A_i @ Z)
+    return {"G": Y.T @ Y, "AtY": np.asarray(A_i.T @ Y)}, None
+
+
+def _orthonormalizer(G: np.ndarray) -> np.ndarray:
+    """M with ``(YM)ᵀ(YM) = I`` from the gram ``G = YᵀY`` (eigen-decomposition, clipped)."""
+    values, vectors = np.linalg.eigh(G)
+    floor = max(values.max(), 0.0) * 1e-14 + np.finfo(np.float64).tiny
+    return vectors / np.sqrt(np.maximum(values, floor))
+
+
+def randomized_range(matrix, groups, k: int, seed: int, runner, n_oversamples=10, n_iter=None):
+    """Sketch ``Z`` and orthonormaliser ``M`` with ``Q = A·Z·M`` spanning A's top singular space.
+
+    Returns ``(Z, M, B)`` where ``B = QᵀA`` (l×n). Each of the ``n_iter + 1`` passes reads A once.
+    """
+    m, n = matrix.shape
+    l = min(k + n_oversamples, m, n)  # noqa: E741 - Halko et al.'s name
+    if n_iter is None:  # scikit-learn's randomized_svd default
+        n_iter = 7 if k < 0.1 * min(m, n) else 4
+    Z = np.random.default_rng([seed, 2]).standard_normal((n, l))
+    for step in range(n_iter + 1):
+        _, total = block_pass(matrix, groups, _sketch_step, (Z,))
+        (sums,) = runner.compute(total)
+        M = _orthonormalizer(sums["G"])
+        AtQ = sums["AtY"] @ M  # = Aᵀ·Q, Q = Y·M orthonormal
+        if step == n_iter:
+            return Z, M, AtQ.T
+        Z, _ = np.linalg.qr(AtQ)
+    raise AssertionError("unreachable")
+
+
+# ------------------------------------------------------------------------ NNDSVD
+
+
+def _left_vectors_step(A_i, W_i, i, Z, P, work):
+    """``U_i = A_i·Z·P`` and the squared norms of its positive and negative parts."""
+    U = np.asarray(A_i @ Z) @ P
+    pos, neg = np.maximum(U, 0), np.minimum(U, 0)
+    return {"pos": np.einsum("ij,ij->j", pos, pos), "neg": np.einsum("ij,ij->j", neg, neg)}, U
+
+
+@dataclass(frozen=True)
+class NNDSVDColumns:
+    """Per component: which part of u (positive or negative) and the factor it is scaled by."""
+
+    use_positive: np.ndarray
+    w_scale: np.ndarray
+    fill: str
+    fill_value: float
+
+
+def _nndsvd_step(A_i, U_i, i, cols: NNDSVDColumns, spec: InitSpec, work):
+    U_i = np.asarray(U_i, dtype=np.float64)
+    W = np.where(cols.use_positive, np.maximum(U_i, 0), np.maximum(-U_i, 0))
+    W[:, 0] = np.abs(U_i[:, 0])
+    W *= cols.w_scale
+    W[W < EPS] = 0
+    zeros = W == 0
+    if cols.fill == "nndsvda":
+        W[zeros] = cols.fill_value
+    elif cols.fill == "nndsvdar":
+        rng = np.random.default_rng([spec.seed, 3, i])
+        W[zeros] = np.abs(cols.fill_value * rng.standard_normal(int(zeros.sum())) / 100)
+    return None, W.astype(spec.dtype)
+
+
+def nndsvd_init(matrix, groups, spec: InitSpec, variant: str, runner, w_store=None):
+    """NNDSVD ('nndsvd'), zeros filled with mean(A) ('nndsvda') or small noise ('nndsvdar').
+
+    Follows scikit-learn's ``_initialize_nmf`` on the out-of-core randomized SVD: W's column
+    ``j`` is the positive or negative part of ``u_j`` (whichever carries more of
+    ``σ_j·u_j·v_jᵀ``) scaled, H's row likewise from ``v_j``.
+    """
+    m, n = matrix.shape
+    k = spec.k
+    Z, M, B = randomized_range(matrix, groups, k, spec.seed, runner)
+    Ub, S, Vt = np.linalg.svd(B, full_matrices=False)
+    Ub, S, Vt = Ub[:, :k], S[:k], Vt[:k]
+    P = M @ Ub  # U = A·Z·P; signs need no flipping: NNDSVD is invariant to (u, v) -> (-u, -v)
+    u_groups, total = block_pass(matrix, groups, _left_vectors_step, (Z, P), None,
+                                 WIO(w_store, None, 1))  # fmt: skip
+    if w_store is None:  # keep U's blocks for the next pass instead of recomputing them
+        *u_groups, total = runner.persist(*u_groups, total)
+    else:  # U went to buffer 1 when the pass ran; the next pass reads it from there
+        u_groups = None
+    (norms,) = runner.compute(total)
+    u_pos, u_neg = np.sqrt(norms["pos"]), np.sqrt(norms["neg"])
+    v_pos = np.linalg.norm(np.maximum(Vt, 0), axis=1)
+    v_neg = np.linalg.norm(np.minimum(Vt, 0), axis=1)
+    use_pos = u_pos * v_pos > u_neg * v_neg
+    sigma = np.where(use_pos, u_pos * v_pos, u_neg * v_neg)
+    # the first pair is taken whole, in absolute value, with unit norms
+    sigma[0] = 1.0
+    lam = np.sqrt(S * sigma)
+    u_norm = np.where(use_pos, u_pos, u_neg)
+    v_norm = np.where(use_pos, v_pos, v_neg)
+    u_norm[0], v_norm[0] = 1.0, 1.0
+    H = np.where(use_pos[:, None], np.maximum(Vt, 0), np.maximum(-Vt, 0))
+    H[0] = np.abs(Vt[0])
+    H = H * (lam / np.where(v_norm > 0, v_norm, 1))[:, None]
+    w_scale = lam / np.where(u_norm > 0, u_norm, 1)
+    mean = matrix.value_sum / (m * n)
+    cols = NNDSVDColumns(use_pos, w_scale, variant, mean)
+    H[H < EPS] = 0
+    if variant == "nndsvda":
+        H[H == 0] = mean
+    elif variant == "nndsvdar":
+        zeros = H == 0
+        rng = np.random.default_rng([spec.seed, 4])
+        H[zeros] = np.abs(mean * rng.standard_normal(int(zeros.sum())) / 100)
+    w, _ = block_pass(matrix, groups, _nndsvd_step, (cols, spec), u_groups, WIO(w_store, 1, 0),
+                      reads_a=False)  # fmt: skip
+    return w, np.ascontiguousarray(H, dtype=spec.dtype)

@@ -1,0 +1,603 @@
+"""Per-solver contract called by the graph layer, and the solver registry.
+
+One bignmf iteration, for any solver::
+
+    Ht, HHt = prepare_h(H)                     # broadcast to every block
+    acc = solver.new_accumulator(n, k, A.dtype, params.beta_loss)
+    for each row block i (any order, on any worker):
+        acc_i = solver.new_accumulator(...)
+        W[i] = solver.update_w_block(A[i], W[i], H, Ht, HHt, params, acc_i, work)
+        acc = solver.combine(acc, acc_i)       # or any tree of combines
+    H, loss = solver.update_h(H, acc, params, norm_a_sq)
+
+``update_w_block`` updates the block's rows of W locally (they only need H through ``Ht`` and
+``HHt``), then adds to the block's accumulator everything ``update_h`` and the loss need,
+computed with the **new** ``W_i`` and the current H; the ``loss`` returned by ``update_h``
+is therefore that of ``(W_new, H_old)``, the iterate after the W half-step. The order (all
+W blocks, then H) is the order of scikit-learn's MU loop, so ``"mu"`` reproduces
+``NMF(solver="mu")`` iterate for iterate and ``"hals"`` with ``n_inner=1`` reproduces
+``NMF(solver="cd")`` (without shuffling).
+
+Accumulators are ``dict[str, numpy.ndarray]`` of partial sums (0-d arrays for scalars), so
+reducing them is an elementwise sum and their order only affects rounding:
+
+=========  ===============  ==========================  ====================================
+key        shape            dtype                       content (summed over blocks)
+=========  ===============  ==========================  ====================================
+``AtW``    (n, k)           A's dtype                   β = 2: ``AᵀW``; MU β ≠ 2: the H-side
+                                                        numerator ``(A∘(WH)^(β−2))ᵀ·W``
+``WtW``    (k, k)           float64                     β = 2: ``WᵀW``
+``cross``  ()               float64                     β = 2: ``⟨W, A·Hᵀ⟩``
+``W_sum``  (k,)             float64                     MU β = 1: column sums of W
+``den``    (n, k)           A's dtype                   MU β ∉ {1, 2}: ``((WH)^(β−1))ᵀ·W``
+``loss``   ()               float64                     MU β ≠ 2: sum of block divergence parts
+=========  ===============  ==========================  ====================================
+
+The kernels never import dask or zarr; ``work`` is an optional per-thread ``dict`` of
+scratch buffers reused across blocks (never share one between threads).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
+
+import numpy as np
+
+from bignmf.kernels._util import (
+    DEFAULT_BATCH_ELEMENTS,
+    Work,
+    as_csr,
+    factor_dtype,
+    scratch,
+)
+from bignmf.kernels.bpp import nnls_bpp
+from bignmf.kernels.hals import hals_update
+from bignmf.kernels.loss import dense_part, frobenius_loss, nonzero_part
+from bignmf.kernels.mu import (
+    accumulate_h_denominator_dense,
+    beta_ratio,
+    csr_with_data,
+    mu_update_h,
+    mu_update_w,
+)
+from bignmf.kernels.products import a_ht, accumulate_at_w, gram, inner, wh_at_nonzeros
+
+__all__ = [
+    "SOLVERS",
+    "BPPSolver",
+    "HALSSolver",
+    "MUSolver",
+    "Regularization",
+    "Solver",
+    "SolverParams",
+    "beta_loss_to_float",
+    "combine",
+    "get_solver",
+    "prepare_h",
+    "regularization",
+]
+
+Accumulator = dict[str, np.ndarray]
+
+_BETA_NAMES = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
+
+
+def beta_loss_to_float(beta_loss: float | str) -> float:
+    """β as a float.
+
+    Parameters
+    ----------
+    beta_loss : float or {"frobenius", "kullback-leibler", "itakura-saito"}
+        Names map to 2, 1 and 0, as in scikit-learn; numbers must be finite.
+
+    Returns
+    -------
+    float
+    """
+    if isinstance(beta_loss, str):
+        try:
+            return _BETA_NAMES[beta_loss]
+        except KeyError:
+            raise ValueError(
+                f"unknown beta_loss {beta_loss!r}; valid names: {sorted(_BETA_NAMES)} "
+                "or a real number"
+            ) from None
+    value = float(beta_loss)
+    if not math.isfinite(value):
+        raise ValueError(f"beta_loss must be finite, got {beta_loss!r}")
+    return value
+
+
+class Regularization(NamedTuple):
+    """Scaled penalties, as scikit-learn's ``NMF._compute_regularization`` returns them."""
+
+    l1_W: float
+    l2_W: float
+    l1_H: float
+    l2_H: float
+
+
+def regularization(
+    alpha_W: float,
+    alpha_H: float | str,
+    l1_ratio: float,
+    n_samples: int,
+    n_features: int,
+) -> Regularization:
+    """Scale ``alpha_W``/``alpha_H`` into L1/L2 penalties exactly as scikit-learn does.
+
+    ``l1_W = n_features·alpha_W·l1_ratio``, ``l2_W = n_features·alpha_W·(1 − l1_ratio)``,
+    ``l1_H = n_samples·alpha_H·l1_ratio``, ``l2_H = n_samples·alpha_H·(1 − l1_ratio)``, with
+    ``alpha_H="same"`` meaning ``alpha_W``. The objective is then
+    ``D(A, WH) + l1_W·ΣW + ½·l2_W·‖W‖² + l1_H·ΣH + ½·l2_H·‖H‖²``.
+
+    Parameters
+    ----------
+    alpha_W : float
+        Non-negative.
+    alpha_H : float or "same"
+    l1_ratio : float
+        In [0, 1].
+    n_samples, n_features : int
+        Rows (m) and columns (n) of A.
+
+    Returns
+    -------
+    Regularization
+        Named tuple ``(l1_W, l2_W, l1_H, l2_H)`` (note: scikit-learn's helper returns them
+        in the order ``l1_W, l1_H, l2_W, l2_H``; use the field names).
+    """
+    if isinstance(alpha_H, str):
+        if alpha_H != "same":
+            raise ValueError(f"alpha_H must be a number or 'same', got {alpha_H!r}")
+        alpha_H = alpha_W
+    if alpha_W < 0 or alpha_H < 0:
+        raise ValueError(f"alpha_W and alpha_H must be >= 0, got {alpha_W!r}, {alpha_H!r}")
+    if not 0.0 <= l1_ratio <= 1.0:
+        raise ValueError(f"l1_ratio must be in [0, 1], got {l1_ratio!r}")
+    return Regularization(
+        l1_W=n_features * alpha_W * l1_ratio,
+        l2_W=n_features * alpha_W * (1.0 - l1_ratio),
+        l1_H=n_samples * alpha_H * l1_ratio,
+        l2_H=n_samples * alpha_H * (1.0 - l1_ratio),
+    )
+
+
+@dataclass(frozen=True)
+class SolverParams:
+    """Parameters of the per-block kernels.
+
+    Parameters
+    ----------
+    beta_loss : float or str, default 2
+        β of the divergence (names as scikit-learn); stored as a float. HALS and BPP
+        require 2.
+    l1_W, l2_W, l1_H, l2_H : float, default 0
+        Penalties already scaled (see :func:`regularization`).
+    n_inner : int, default 1
+        HALS sweeps per product (accelerated HALS); ignored by MU and BPP.
+    batch_elements : int, default 2**21
+        Element budget of the batch temporaries (gathers for ``W·H`` at nonzeros, dense row
+        batches of ``W·H`` for MU with β ∉ {1, 2}); bounds kernel memory, not results.
+    """
+
+    beta_loss: float = 2.0
+    l1_W: float = 0.0
+    l2_W: float = 0.0
+    l1_H: float = 0.0
+    l2_H: float = 0.0
+    n_inner: int = 1
+    batch_elements: int = DEFAULT_BATCH_ELEMENTS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "beta_loss", beta_loss_to_float(self.beta_loss))
+        for name in ("l1_W", "l2_W", "l1_H", "l2_H"):
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+            object.__setattr__(self, name, value)
+        if int(self.n_inner) != self.n_inner or self.n_inner < 1:
+            raise ValueError(f"n_inner must be an integer >= 1, got {self.n_inner!r}")
+        object.__setattr__(self, "n_inner", int(self.n_inner))
+        if int(self.batch_elements) < 1:
+            raise ValueError(f"batch_elements must be >= 1, got {self.batch_elements!r}")
+
+    @classmethod
+    def from_alpha(
+        cls,
+        *,
+        n_samples: int,
+        n_features: int,
+        beta_loss: float | str = 2.0,
+        alpha_W: float = 0.0,
+        alpha_H: float | str = "same",
+        l1_ratio: float = 0.0,
+        n_inner: int = 1,
+        batch_elements: int = DEFAULT_BATCH_ELEMENTS,
+    ) -> SolverParams:
+        """Build params from scikit-learn-style ``alpha_W``, ``alpha_H``, ``l1_ratio``."""
+        reg = regularization(alpha_W, alpha_H, l1_ratio, n_samples, n_features)
+        return cls(
+            beta_loss=beta_loss,
+            n_inner=n_inner,
+            batch_elements=batch_elements,
+            **reg._asdict(),
+        )
+
+
+def prepare_h(H: np.ndarray, dtype: np.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """What every block needs from H: ``(Ht, HHt)``.
+
+    Parameters
+    ----------
+    H : ndarray, shape (k, n)
+    dtype : numpy dtype, optional
+        Dtype of ``Ht`` (default H's); use A's dtype.
+
+    Returns
+    -------
+    Ht : ndarray, shape (n, k)
+        ``Hᵀ``, C-contiguous.
+    HHt : ndarray, shape (k, k)
+        ``H·Hᵀ`` in float64.
+
+    Notes
+    -----
+    Memory O(n·k); time O(n·k²).
+    """
+    Ht = np.ascontiguousarray(H.T, dtype=dtype)
+    return Ht, gram(Ht)
+
+
+def combine(acc_a: Accumulator, acc_b: Accumulator) -> Accumulator:
+    """Elementwise sum of two accumulators, written into and returning ``acc_a``.
+
+    Parameters
+    ----------
+    acc_a, acc_b : dict of str to ndarray
+        Accumulators with the same keys and shapes; ``acc_b`` is not modified.
+
+    Returns
+    -------
+    dict
+        ``acc_a``.
+
+    Notes
+    -----
+    Both must have the same keys and shapes (from the same ``new_accumulator`` call
+    signature). No allocation.
+    """
+    if acc_a.keys() != acc_b.keys():
+        raise ValueError(f"accumulator keys differ: {sorted(acc_a)} vs {sorted(acc_b)}")
+    for key, value in acc_b.items():
+        acc_a[key] += value
+    return acc_a
+
+
+class Solver:
+    """Base of the solvers; see the module docstring for the contract."""
+
+    name: ClassVar[str] = ""
+
+    def check_params(self, params: SolverParams) -> None:
+        """Raise ValueError if the solver cannot run with ``params``."""
+        if params.beta_loss != 2.0:
+            raise ValueError(
+                f"solver {self.name!r} supports only beta_loss=2 (Frobenius), got "
+                f"{params.beta_loss!r}; use solver 'mu' for other divergences"
+            )
+
+    def new_accumulator(
+        self, n: int, k: int, dtype: np.dtype, beta_loss: float | str = 2.0
+    ) -> Accumulator:
+        """Zero-filled partial sums for ``n`` columns and rank ``k`` (see module table).
+
+        Notes
+        -----
+        Memory: ``n x k`` in ``dtype`` (two such arrays for MU with β ∉ {1, 2}) plus O(k²).
+        """
+        beta = beta_loss_to_float(beta_loss)
+        self.check_params(SolverParams(beta_loss=beta))
+        dtype = np.dtype(dtype) if np.dtype(dtype).kind == "f" else np.dtype(np.float64)
+        acc: Accumulator = {"AtW": np.zeros((n, k), dtype=dtype)}
+        if beta == 2:
+            acc["WtW"] = np.zeros((k, k), dtype=np.float64)
+            acc["cross"] = np.zeros((), dtype=np.float64)
+        elif beta == 1:
+            acc["W_sum"] = np.zeros(k, dtype=np.float64)
+            acc["loss"] = np.zeros((), dtype=np.float64)
+        else:
+            acc["den"] = np.zeros((n, k), dtype=dtype)
+            acc["loss"] = np.zeros((), dtype=np.float64)
+        return acc
+
+    def combine(self, acc_a: Accumulator, acc_b: Accumulator) -> Accumulator:
+        """Elementwise sum into ``acc_a`` (see :func:`combine`)."""
+        return combine(acc_a, acc_b)
+
+    def update_w_block(
+        self,
+        A_i,
+        W_i: np.ndarray,
+        H: np.ndarray | None,
+        Ht: np.ndarray,
+        HHt: np.ndarray | None,
+        params: SolverParams,
+        acc: Accumulator,
+        work: Work | None = None,
+    ) -> np.ndarray:
+        """Update a row block of W and accumulate the block's partial sums into ``acc``.
+
+        Parameters
+        ----------
+        A_i : scipy.sparse CSR matrix or array, shape (m_i, n)
+            Row block of A (float32 or float64; factors are computed in its dtype).
+        W_i : ndarray, shape (m_i, k)
+            Current rows of W; not modified.
+        H : ndarray, shape (k, n) or None
+            Current H; only read by MU with β ≠ 2 (row sums, for scikit-learn's rounding).
+            ``None`` means ``Ht.T``.
+        Ht : ndarray, shape (n, k)
+            ``Hᵀ``, C-contiguous, in A's dtype (see :func:`prepare_h`).
+        HHt : ndarray, shape (k, k) or None
+            ``H·Hᵀ`` in float64; required when β = 2.
+        params : SolverParams
+        acc : dict
+            Accumulator from :meth:`new_accumulator`, updated in place.
+        work : dict, optional
+            Per-thread scratch buffers reused across calls.
+
+        Returns
+        -------
+        ndarray, shape (m_i, k)
+            New rows of W (a new array, A's dtype, C-contiguous, non-negative).
+
+        Notes
+        -----
+        Time O(nnz(A_i)·k + m_i·k²·sweeps) for β ∈ {1, 2}; memory O(m_i·k) plus, for MU with
+        β ≠ 2, a length-nnz array and the batch temporaries (``params.batch_elements``).
+        """
+        raise NotImplementedError
+
+    def update_h(
+        self,
+        H: np.ndarray,
+        acc: Accumulator,
+        params: SolverParams,
+        norm_a_sq: float | None = None,
+    ) -> tuple[np.ndarray, float]:
+        """Update H from the reduced accumulator; also return the loss of ``(W_new, H)``.
+
+        Parameters
+        ----------
+        H : ndarray, shape (k, n)
+            Current H (the one the W blocks were updated with).
+        acc : dict
+            Accumulator reduced over all blocks; not modified.
+        params : SolverParams
+        norm_a_sq : float, optional
+            ``‖A‖²_F``; required when β = 2.
+
+        Returns
+        -------
+        H_new : ndarray, shape (k, n)
+            C-contiguous, dtype of ``acc["AtW"]``, non-negative.
+        loss : float
+            scikit-learn's ``_beta_divergence(A, W_new, H, β)`` (for β = 2 that is
+            ``½‖A − W_new·H‖²_F``), without penalty terms.
+
+        Notes
+        -----
+        Memory O(n·k) (a few ``n x k`` temporaries); time O(n·k²·sweeps) (BPP: plus one small
+        solve per distinct passive set).
+        """
+        raise NotImplementedError
+
+    # helpers shared by the Frobenius solvers ---------------------------------------------
+
+    def _prepare_block(self, A_i, W_i, Ht, params):
+        self.check_params(params)
+        A_i = as_csr(A_i)
+        dtype = factor_dtype(A_i)
+        m, n = A_i.shape
+        W_i = np.asarray(W_i, dtype=dtype, order="C")
+        Ht = np.asarray(Ht, dtype=dtype, order="C")
+        if W_i.ndim != 2 or W_i.shape[0] != m:
+            raise ValueError(f"W_i must have shape ({m}, k), got {W_i.shape}")
+        k = W_i.shape[1]
+        if Ht.shape != (n, k):
+            raise ValueError(f"Ht must have shape ({n}, {k}), got {Ht.shape}")
+        return A_i, W_i, Ht, dtype
+
+    @staticmethod
+    def _check_hht(HHt, k):
+        if HHt is None:
+            raise ValueError("HHt (= H·Hᵀ, see prepare_h) is required for beta_loss=2")
+        HHt = np.asarray(HHt, dtype=np.float64)
+        if HHt.shape != (k, k):
+            raise ValueError(f"HHt must have shape ({k}, {k}), got {HHt.shape}")
+        return HHt
+
+    @staticmethod
+    def _accumulate_frobenius(A_i, W_new, aht, acc):
+        accumulate_at_w(A_i, W_new, acc["AtW"])
+        gram(W_new, out=acc["WtW"])
+        acc["cross"] += inner(W_new, aht)
+
+    @staticmethod
+    def _frobenius_loss(acc, Ht, norm_a_sq):
+        if norm_a_sq is None:
+            raise ValueError("norm_a_sq (= ‖A‖²_F) is required for beta_loss=2")
+        return frobenius_loss(norm_a_sq, float(acc["cross"]), acc["WtW"], gram(Ht))
+
+    @staticmethod
+    def _ht_of(H, acc):
+        dtype = acc["AtW"].dtype
+        n, k = acc["AtW"].shape
+        if H.shape != (k, n):
+            raise ValueError(f"H must have shape ({k}, {n}), got {H.shape}")
+        return np.ascontiguousarray(H.T, dtype=dtype)
+
+
+class HALSSolver(Solver):
+    """Accelerated HALS / coordinate descent for the Frobenius loss (``n_inner`` sweeps)."""
+
+    name: ClassVar[str] = "hals"
+
+    def update_w_block(self, A_i, W_i, H, Ht, HHt, params, acc, work=None):
+        A_i, W_i, Ht, dtype = self._prepare_block(A_i, W_i, Ht, params)
+        m, k = W_i.shape
+        HHt = self._check_hht(HHt, k)
+        aht = a_ht(A_i, Ht, out=scratch(work, "aht", (m, k), dtype))
+        W_new = W_i.copy()
+        hals_update(W_new, aht, HHt, l1=params.l1_W, l2=params.l2_W, n_sweeps=params.n_inner)
+        self._accumulate_frobenius(A_i, W_new, aht, acc)
+        return W_new
+
+    def update_h(self, H, acc, params, norm_a_sq=None):
+        self.check_params(params)
+        Ht = self._ht_of(H, acc)
+        loss = self._frobenius_loss(acc, Ht, norm_a_sq)
+        Ht_new = Ht.copy()
+        hals_update(
+            Ht_new,
+            acc["AtW"],
+            acc["WtW"],
+            l1=params.l1_H,
+            l2=params.l2_H,
+            n_sweeps=params.n_inner,
+        )
+        return np.ascontiguousarray(Ht_new.T), loss
+
+
+class BPPSolver(Solver):
+    """Alternating nonnegative least squares by block principal pivoting (Frobenius loss).
+
+    Each half-step solves its NNLS problems exactly (warm-started from the current factor's
+    passive set), so the sequence of losses is non-increasing.
+    """
+
+    name: ClassVar[str] = "bpp"
+
+    def update_w_block(self, A_i, W_i, H, Ht, HHt, params, acc, work=None):
+        A_i, W_i, Ht, dtype = self._prepare_block(A_i, W_i, Ht, params)
+        m, k = W_i.shape
+        HHt = self._check_hht(HHt, k)
+        aht = a_ht(A_i, Ht, out=scratch(work, "aht", (m, k), dtype))
+        X = nnls_bpp(HHt, aht.T, l1=params.l1_W, l2=params.l2_W, init=W_i.T)
+        W_new = np.ascontiguousarray(X.T, dtype=dtype)
+        self._accumulate_frobenius(A_i, W_new, aht, acc)
+        return W_new
+
+    def update_h(self, H, acc, params, norm_a_sq=None):
+        self.check_params(params)
+        Ht = self._ht_of(H, acc)
+        loss = self._frobenius_loss(acc, Ht, norm_a_sq)
+        X = nnls_bpp(acc["WtW"], acc["AtW"].T, l1=params.l1_H, l2=params.l2_H, init=H)
+        return np.ascontiguousarray(X, dtype=acc["AtW"].dtype), loss
+
+
+class MUSolver(Solver):
+    """Multiplicative updates for any β (scikit-learn's ``solver="mu"``)."""
+
+    name: ClassVar[str] = "mu"
+
+    def check_params(self, params: SolverParams) -> None:
+        return None
+
+    def update_w_block(self, A_i, W_i, H, Ht, HHt, params, acc, work=None):
+        A_i, W_i, Ht, dtype = self._prepare_block(A_i, W_i, Ht, params)
+        m, k = W_i.shape
+        beta = params.beta_loss
+        if beta == 2:
+            HHt = self._check_hht(HHt, k)
+            aht = a_ht(A_i, Ht, out=scratch(work, "aht", (m, k), dtype))
+            W_new = mu_update_w(
+                A_i, W_i, Ht, beta=beta, HHt=HHt, l1=params.l1_W, l2=params.l2_W, aht=aht
+            )
+            self._accumulate_frobenius(A_i, W_new, aht, acc)
+            return W_new
+
+        # row sums of H as scikit-learn computes them (H.sum(axis=1)) when H is given
+        H_sum = H.sum(axis=1) if H is not None else Ht.sum(axis=0)
+        nnz = A_i.indptr[-1]
+        batch_size = max(1, params.batch_elements // max(k, 1))
+        W_new = mu_update_w(
+            A_i,
+            W_i,
+            Ht,
+            beta=beta,
+            H_sum=H_sum,
+            l1=params.l1_W,
+            l2=params.l2_W,
+            ratio_out=scratch(work, "wh", (nnz,), dtype),
+            batch_size=batch_size,
+            batch_elements=params.batch_elements,
+        )
+        # H-side numerator/denominator and loss pieces with the new W_i and the current H
+        wh = wh_at_nonzeros(
+            A_i, W_new, Ht, out=scratch(work, "wh", (nnz,), dtype), batch_size=batch_size
+        )
+        acc["loss"] += nonzero_part(A_i.data, wh, beta) + dense_part(
+            W_new, Ht, beta, H_sum=H_sum, batch_elements=params.batch_elements
+        )
+        beta_ratio(A_i.data, wh, beta)
+        accumulate_at_w(csr_with_data(A_i, wh), W_new, acc["AtW"])
+        if beta == 1:
+            acc["W_sum"] += W_new.sum(axis=0, dtype=np.float64)
+        else:
+            accumulate_h_denominator_dense(
+                W_new, Ht, beta, acc["den"], batch_elements=params.batch_elements
+            )
+        return W_new
+
+    def update_h(self, H, acc, params, norm_a_sq=None):
+        Ht = self._ht_of(H, acc)
+        beta = params.beta_loss
+        if beta == 2:
+            loss = self._frobenius_loss(acc, Ht, norm_a_sq)
+            denominator = Ht @ acc["WtW"].astype(Ht.dtype)
+        elif beta == 1:
+            loss = float(acc["loss"])
+            W_sum = acc["W_sum"].copy()
+            W_sum[W_sum == 0] = 1.0
+            denominator = W_sum[np.newaxis, :]
+        else:
+            loss = float(acc["loss"])
+            denominator = acc["den"].copy()
+        Ht_new = mu_update_h(Ht, acc["AtW"], denominator, beta=beta, l1=params.l1_H, l2=params.l2_H)
+        return np.ascontiguousarray(Ht_new.T), loss
+
+
+SOLVERS: dict[str, Solver] = {
+    "hals": HALSSolver(),
+    "mu": MUSolver(),
+    "bpp": BPPSolver(),
+}
+
+
+def get_solver(name: str) -> Solver:
+    """The registered solver called ``name``.
+
+    Parameters
+    ----------
+    name : str
+        One of ``"hals"``, ``"mu"``, ``"bpp"``.
+
+    Returns
+    -------
+    Solver
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not registered; the message lists the valid names.
+    """
+    try:
+        return SOLVERS[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown solver {name!r}; valid solvers: {', '.join(sorted(SOLVERS))}"
+        ) from None
