@@ -54,13 +54,12 @@ def _store_options(args: argparse.Namespace) -> dict:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from .readers import open_source
-    from .storage import write_matrix
+    from .ingest import convert
 
-    extra = {} if args.slab_nnz is None else {"slab_nnz": args.slab_nnz}
-    source = open_source(args.src, format=args.format, key=args.key, **extra)
-    with _progress_bar(source.shape[0], not args.no_progress, "convert") as bar:
-        store = write_matrix(source, args.dst, progress=bar.update, **_store_options(args))
+    with _progress_bar(None, not args.no_progress, "convert") as bar:
+        store = convert(args.src, args.dst, format=args.format, key=args.key,
+                        slab_nnz=args.slab_nnz, memory_nnz=args.memory_nnz, tmpdir=args.tmpdir,
+                        progress=bar.update, **_store_options(args))  # fmt: skip
     _print_info(store.info())
     return 0
 
@@ -136,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", help="source format when the suffix does not tell")
     p.add_argument("--key", help="matrix inside an AnnData file (default X)")
     p.add_argument("--slab-nnz", type=int, help="nonzeros read from the source at a time")
+    p.add_argument("--memory-nnz", type=int, help="entries the external sort holds in memory")
+    p.add_argument("--tmpdir", help="external sort's temporary files (default: beside DST)")
     _add_store_options(p)
     p.set_defaults(func=_cmd_convert)
 

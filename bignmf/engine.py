@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,13 +18,15 @@ import dask
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from .callbacks import Checkpointer, FunctionCallback, LogIterations, MetricsFile, ProgressBar
+from .checkpoint import CheckpointError, RunDir, crc32
+from .driver import FitState, IterationInfo, run
 from .factors import ZarrBlocks, choose_storage
-from .graph import HState, Pass, iteration
+from .graph import Pass
 from .init import INITS, InitSpec, custom_init, nndsvd_init, random_init
-from .kernels.loss import frobenius_loss
-from .kernels.products import gram
 from .kernels.solvers import SOLVERS, SolverParams, beta_loss_to_float, get_solver
 from .matrix import as_block_matrix
+from .storage import CSRStore
 
 
 @dataclass(frozen=True)
@@ -46,28 +47,6 @@ class Runner:
         return dask.persist(*collections, **self._options())
 
 
-@dataclass(frozen=True)
-class IterationInfo:
-    """What a callback is told after each iteration.
-
-    Attributes
-    ----------
-    iteration : int
-        Iterations done so far (1 after the first).
-    loss : float
-        scikit-learn's β-divergence of ``(W_t, H_{t-1})`` (½‖A − WH‖²_F for Frobenius).
-    relative_error : float
-        ``sqrt(2·loss) / ‖A‖_F`` for Frobenius; ``nan`` otherwise.
-    seconds : float
-        Wall time of the iteration.
-    """
-
-    iteration: int
-    loss: float
-    relative_error: float
-    seconds: float
-
-
 @dataclass
 class NMFResult:
     """The outcome of :func:`nmf`.
@@ -84,6 +63,8 @@ class NMFResult:
     n_iter : int
     converged : bool
         Whether ``tol`` stopped the run before ``max_iter``.
+    run_dir : str or None
+        The run directory, when checkpointing.
     """
 
     W: Any
@@ -92,6 +73,7 @@ class NMFResult:
     reconstruction_err: float = float("nan")
     n_iter: int = 0
     converged: bool = False
+    run_dir: str | None = None
 
 
 def _scheduler_threads(scheduler: Any) -> int:
@@ -119,15 +101,6 @@ def _seed(random_state: int | None) -> int:
     raise ValueError(f"random_state must be a non-negative int or None, got {random_state!r}")
 
 
-def _final_loss(acc: dict, H: np.ndarray, norm_a_sq: float, beta: float, history: list) -> float:
-    """Loss of the final (W, H): exact from the last sums for Frobenius."""
-    if beta != 2:
-        return history[-1] if history else float("nan")
-    Ht = np.ascontiguousarray(H.T)
-    cross = float(np.vdot(acc["AtW"].astype(np.float64), Ht.astype(np.float64)))
-    return frobenius_loss(norm_a_sq, cross, acc["WtW"], gram(Ht))
-
-
 def nmf(
     A: Any,
     n_components: int,
@@ -151,6 +124,12 @@ def nmf(
     block_nnz: int | None = None,
     scheduler: Any = None,
     callback: Callable[[IterationInfo], Any] | None = None,
+    callbacks: tuple = (),
+    progress: bool = False,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = 10,
+    checkpoint_seconds: float | None = 600.0,
+    resume: str | os.PathLike | None = None,
 ) -> NMFResult:
     """Non-negative matrix factorization A ≈ W·H of a stored or in-memory sparse matrix.
 
@@ -198,7 +177,22 @@ def nmf(
         Passed to ``dask.compute`` (``'threads'``, ``'sync'``, a ``distributed.Client``);
         default: Dask's current scheduler.
     callback : callable, optional
-        Called with an :class:`IterationInfo` after every iteration.
+        Called with an :class:`~bignmf.driver.IterationInfo` after every iteration.
+    callbacks : sequence, optional
+        Callback objects (:mod:`bignmf.callbacks`) with ``on_start``/``on_iteration``/``on_end``.
+    progress : bool
+        Show a progress bar on stderr (only when it is a terminal).
+    checkpoint_dir : path, optional
+        Start a run directory here: ``run.json``, ``metrics.jsonl`` and checkpoints (the last
+        two kept), from which :func:`nmf` with ``resume=`` continues. Must not hold a run.
+    checkpoint_every, checkpoint_seconds : int, float, optional
+        Checkpoint every so many iterations and/or seconds (default 10 iterations or 10
+        minutes, whichever comes first), and always at the end.
+    resume : path, optional
+        Continue the run in this directory from its newest intact checkpoint. A, the
+        settings that fix the iterates and the row blocking must be those it was started with;
+        ``max_iter`` and ``tol`` may differ. The result is bitwise equal to an uninterrupted
+        run.
 
     Returns
     -------
@@ -213,75 +207,154 @@ def nmf(
     """
     matrix = as_block_matrix(A, block_nnz=block_nnz)
     m, n = matrix.shape
-    k = int(n_components)
-    if k < 1:
-        raise ValueError(f"n_components must be >= 1, got {n_components}")
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
-    if init is None:
-        init = "nndsvda" if k <= min(m, n) else "random"
-    if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; choose one of {list(INITS)}")
-    dtype = matrix.dtype
+    settings = _settings(
+        matrix, n_components, solver=solver, beta_loss=beta_loss, init=init,
+        seed=None if resume is not None else _seed(random_state), alpha_W=alpha_W,
+        alpha_H=alpha_H, l1_ratio=l1_ratio, n_inner=n_inner,
+    )  # fmt: skip
+    run_dir, record = _run_dir(matrix, settings, checkpoint_dir, resume)
+    settings = record["settings"] if record else settings
+    k = settings["n_components"]
     params = SolverParams.from_alpha(
-        n_samples=m, n_features=n, beta_loss=beta_loss, alpha_W=alpha_W, alpha_H=alpha_H,
-        l1_ratio=l1_ratio, n_inner=n_inner or 1,
+        n_samples=m, n_features=n, beta_loss=settings["beta_loss"], alpha_W=alpha_W,
+        alpha_H=alpha_H, l1_ratio=l1_ratio, n_inner=settings["n_inner"],
     )  # fmt: skip
     threads = _scheduler_threads(scheduler)
     plan = Pass.plan(matrix.n_blocks, n_tasks or 4 * threads, solver, params, split_every)
-    storage = choose_storage(m, k, dtype, w_storage)
-    w_store = None
-    if storage == "zarr":
-        root = workdir if workdir is not None else tempfile.mkdtemp(prefix="bignmf-")
-        w_store = ZarrBlocks(os.path.join(root, "W.zarr"), matrix.row_offsets, k, dtype).create()
-
     runner = Runner(scheduler)
-    spec = InitSpec(k, dtype, _seed(random_state), matrix.row_offsets)
-    if init == "custom":
-        w_groups, H_cur = custom_init(matrix, plan.groups, spec, W, H, w_store)
-    elif init == "random":
-        w_groups, H_cur = random_init(matrix, plan.groups, spec, w_store)
-    else:
-        w_groups, H_cur = nndsvd_init(matrix, plan.groups, spec, init, runner, w_store)
-    if w_store is None:
-        w_groups = list(runner.persist(*w_groups))
-    else:  # the tasks wrote W into its Zarr buffer 0
-        runner.compute(*w_groups)
-        w_groups = None
-
-    solver_impl = get_solver(solver)
-    beta = beta_loss_to_float(beta_loss)
-    norm_a_sq = matrix.frobenius_sq
-    history: list[float] = []
-    converged, acc = False, None
+    w_store = None
+    if choose_storage(m, k, matrix.dtype, w_storage) == "zarr":
+        root = workdir or (run_dir.path if run_dir else tempfile.mkdtemp(prefix="bignmf-"))
+        w_store = ZarrBlocks(os.path.join(root, "W.zarr"), matrix.row_offsets, k, matrix.dtype)
+        w_store.create()
+    state = FitState(matrix, plan, runner, get_solver(solver), params.beta_loss, None, w_store,
+                     np.zeros((k, n), matrix.dtype))  # fmt: skip
     local = scheduler is None or isinstance(scheduler, str)
     with threadpool_limits(limits=1) if local else contextlib.nullcontext():
-        for t in range(max_iter):
-            start = time.perf_counter()
-            new_w, total = iteration(matrix, plan, HState.of(H_cur), w_groups, w_store, t)
-            if new_w is not None:
-                *w_groups, total = runner.persist(*new_w, total)
-            (acc,) = runner.compute(total)
-            H_cur, loss = solver_impl.update_h(H_cur, acc, params, norm_a_sq)
-            history.append(loss)
-            if callback is not None:
-                rel = np.sqrt(2 * max(loss, 0.0) / norm_a_sq) if beta == 2 else float("nan")
-                callback(IterationInfo(t + 1, loss, rel, time.perf_counter() - start))
-            if t > 0 and tol > 0 and (history[-2] - loss) < tol * abs(history[-2]):
-                converged = True
-                break
-    final = _final_loss(acc, H_cur, norm_a_sq, beta, history) if acc is not None else np.nan
-    W_out = _collect_w(w_groups, w_store, len(history), runner)
-    return NMFResult(W_out, H_cur, history, float(np.sqrt(2 * max(final, 0.0))), len(history),
-                     converged)  # fmt: skip
+        restored = run_dir.load(lambda ckpt: state.restore_w(ckpt)) if record else None
+        if restored is None:
+            _initialize(state, settings, W, H)
+        callbacks = list(callbacks)
+        if callback is not None:
+            callbacks.append(FunctionCallback(callback))
+        if progress:
+            callbacks.append(ProgressBar())
+        callbacks.append(LogIterations())
+        if run_dir is not None:
+            callbacks += [MetricsFile(run_dir),
+                          Checkpointer(run_dir, checkpoint_every, checkpoint_seconds)]  # fmt: skip
+        run(state, max_iter, tol, callbacks)
+    final = state.final_loss()
+    return NMFResult(
+        _collect_w(state), state.H, list(state.history), float(np.sqrt(2 * max(final, 0.0))),
+        state.iteration, state.converged, str(run_dir.path) if run_dir else None,
+    )  # fmt: skip
 
 
-def _collect_w(w_groups, w_store: ZarrBlocks | None, n_iter: int, runner: Runner) -> Any:
+def _settings(matrix, n_components, **values) -> dict:
+    """What fixes the iterates: checked against the record when a run is resumed."""
+    k = int(n_components)
+    m, n = matrix.shape
+    if k < 1:
+        raise ValueError(f"n_components must be >= 1, got {n_components}")
+    if values["solver"] not in SOLVERS:
+        raise ValueError(f"unknown solver {values['solver']!r}; choose one of {sorted(SOLVERS)}")
+    init = values["init"] or ("nndsvda" if k <= min(m, n) else "random")
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {list(INITS)}")
+    alpha_H = values["alpha_H"]
+    return {
+        "n_components": k,
+        "solver": values["solver"],
+        "beta_loss": beta_loss_to_float(values["beta_loss"]),
+        "init": init,
+        "seed": values["seed"],
+        "alpha_W": float(values["alpha_W"]),
+        "alpha_H": alpha_H if isinstance(alpha_H, str) else float(alpha_H),
+        "l1_ratio": float(values["l1_ratio"]),
+        "n_inner": int(values["n_inner"] or 1),
+        "dtype": str(matrix.dtype),
+    }
+
+
+_MAY_CHANGE_ON_RESUME = ("seed", "init")  # only used before the first checkpoint, from the record
+
+
+def _run_dir(matrix, settings: dict, checkpoint_dir, resume) -> tuple[RunDir | None, dict | None]:
+    """Open (resume) or start (checkpoint_dir) a run directory; check a resumed run matches."""
+    if resume is None:
+        if checkpoint_dir is None:
+            return None, None
+        record = {"settings": settings, "matrix": _matrix_record(matrix), "versions": versions()}
+        return RunDir(checkpoint_dir).create(record), None
+    run_dir = RunDir(resume)
+    record = run_dir.record()
+    theirs, ours = record["matrix"], _matrix_record(matrix)
+    if theirs["fingerprint"] != ours["fingerprint"]:
+        raise CheckpointError(
+            f"{run_dir.path} was run on another matrix: recorded {theirs['fingerprint']}, "
+            f"given {ours['fingerprint']}"
+        )
+    if theirs["row_offsets_crc32"] != ours["row_offsets_crc32"]:
+        raise CheckpointError(
+            f"{run_dir.path} was run with another row blocking of this matrix "
+            f"({theirs['n_blocks']} blocks, now {ours['n_blocks']}); pass the same block_nnz"
+        )
+    differ = {
+        key: (record["settings"].get(key), value)
+        for key, value in settings.items()
+        if key not in _MAY_CHANGE_ON_RESUME and record["settings"].get(key) != value
+    }
+    if differ:
+        listed = ", ".join(f"{key}: recorded {a!r}, given {b!r}" for key, (a, b) in differ.items())
+        raise CheckpointError(f"{run_dir.path} was run with other settings ({listed})")
+    return run_dir, record
+
+
+def _matrix_record(matrix) -> dict:
+    record = {"fingerprint": matrix.fingerprint(), "n_blocks": int(matrix.n_blocks),
+              "row_offsets_crc32": crc32(np.asarray(matrix.row_offsets, dtype="<i8"))}  # fmt: skip
+    if isinstance(matrix, CSRStore):
+        record.update(path=os.path.abspath(matrix.path), key=matrix.key)
+    return record
+
+
+def versions() -> dict:
+    """Versions of bignmf and the packages that compute its results."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ("bignmf", "numpy", "scipy", "dask", "distributed", "zarr", "numcodecs")
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _initialize(state: FitState, settings: dict, W, H) -> None:
+    """Initial W blocks (persisted or written to buffer 0) and H."""
+    matrix, groups = state.matrix, state.plan.groups
+    spec = InitSpec(settings["n_components"], matrix.dtype, settings["seed"], matrix.row_offsets)
+    init = settings["init"]
+    if init == "custom":
+        w_groups, state.H = custom_init(matrix, groups, spec, W, H, state.w_store)
+    elif init == "random":
+        w_groups, state.H = random_init(matrix, groups, spec, state.w_store)
+    else:
+        w_groups, state.H = nndsvd_init(matrix, groups, spec, init, state.runner, state.w_store)
+    if state.w_store is None:
+        state.w_groups = list(state.runner.persist(*w_groups))
+    else:  # the tasks wrote W into its Zarr buffer 0
+        state.runner.compute(*w_groups)
+
+
+def _collect_w(state: FitState) -> Any:
     """W as NumPy (kept in memory) or a lazy Dask array over its Zarr blocks."""
-    if w_store is not None:
-        return w_store.to_dask(n_iter % 2)
-    groups = runner.compute(*w_groups)
-    return np.vstack([block for group in groups for block in group])
+    if state.w_store is not None:
+        return state.w_store.to_dask(state.iteration % 2)
+    return np.vstack(list(state.w_blocks()))
 
 
-__all__ = ["INITS", "IterationInfo", "NMFResult", "nmf"]
+__all__ = ["NMFResult", "Runner", "nmf", "versions"]

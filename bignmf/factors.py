@@ -47,7 +47,7 @@ def choose_storage(n_rows: int, k: int, dtype: np.dtype, requested: str = "auto"
 
 
 class ZarrBlocks:
-    """W's row blocks as Zarr arrays ``{path}/{buffer}/{block}``, two buffers.
+    """W's row blocks as Zarr arrays ``{path}/{buffer}/{block}``, in one or more buffers.
 
     Parameters
     ----------
@@ -59,19 +59,24 @@ class ZarrBlocks:
         Number of components.
     dtype : numpy.dtype
         Dtype of W.
+    n_buffers : int
+        Two for the iterations (read one, write the other); one for a checkpoint.
     """
 
-    def __init__(self, path: str | os.PathLike, row_offsets: np.ndarray, k: int, dtype):
+    def __init__(
+        self, path: str | os.PathLike, row_offsets: np.ndarray, k: int, dtype, n_buffers: int = 2
+    ):
         self.path = str(path)
         self.row_offsets = np.asarray(row_offsets, dtype=np.int64)
         self.k = k
         self.dtype = np.dtype(dtype)
+        self.n_buffers = n_buffers
 
     def create(self) -> ZarrBlocks:
-        """Create both buffers' arrays (one chunk per block, uncompressed: W is dense floats)."""
+        """Create every buffer's arrays (one chunk per block, uncompressed: W is dense floats)."""
         root = zarr.open_group(self.path, mode="a", zarr_format=3)
         sizes = np.diff(self.row_offsets)
-        for buffer in ("0", "1"):
+        for buffer in map(str, range(self.n_buffers)):
             group = root.require_group(buffer)
             for i, rows in enumerate(sizes):
                 group.create_array(
@@ -81,7 +86,7 @@ class ZarrBlocks:
         return self
 
     def _array(self, buffer: int, i: int) -> zarr.Array:
-        return zarr.open_array(Path(self.path) / str(buffer % 2) / str(i), mode="r+")
+        return zarr.open_array(Path(self.path) / str(buffer % self.n_buffers) / str(i), mode="r+")
 
     def read(self, buffer: int, i: int) -> np.ndarray:
         """Block ``i`` of W from ``buffer``."""
@@ -99,4 +104,4 @@ class ZarrBlocks:
         return da.concatenate(parts, axis=0)
 
     def __dask_tokenize__(self) -> tuple:
-        return ("bignmf-zarr-blocks", self.path, self.k, str(self.dtype))
+        return ("bignmf-zarr-blocks", self.path, self.k, str(self.dtype), self.n_buffers)

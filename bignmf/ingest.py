@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from .storage import CSRStore, write_matrix
@@ -15,6 +16,8 @@ def convert(
     format: str | None = None,
     key: str | None = None,
     slab_nnz: int | None = None,
+    memory_nnz: int | None = None,
+    tmpdir: str | os.PathLike | None = None,
     **write_options: Any,
 ) -> CSRStore:
     """Convert a matrix from any supported source into a bignmf sparse store.
@@ -33,6 +36,12 @@ def convert(
         The matrix inside an AnnData file (default ``"X"``; e.g. ``"layers/counts"``).
     slab_nnz : int, optional
         Nonzeros read from the source at a time (bounds the reader's memory).
+    memory_nnz : int, optional
+        Entries the external sort of unsorted coordinate files holds in memory (default 4M,
+        about 200 MB).
+    tmpdir : path, optional
+        Where the external sort's temporary files go (default: beside ``dst``, which has room
+        for the matrix; they are removed afterwards).
     **write_options
         Passed to :func:`bignmf.storage.write_matrix` (``overwrite``, ``dtype``, ``chunk_size``,
         ``block_nnz``, ``block_rows``, ``codec``, ``progress``).
@@ -50,6 +59,8 @@ def convert(
     """
     from .readers import open_source
 
-    options = {} if slab_nnz is None else {"slab_nnz": slab_nnz}
-    source = open_source(src, format=format, key=key, **options)
+    options = {"slab_nnz": slab_nnz, "memory_nnz": memory_nnz}
+    options = {name: value for name, value in options.items() if value is not None}
+    tmpdir = Path(tmpdir) if tmpdir is not None else Path(dst).absolute().parent
+    source = open_source(src, format=format, key=key, tmpdir=tmpdir, **options)
     return write_matrix(source, dst, **write_options)

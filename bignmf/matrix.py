@@ -13,7 +13,13 @@ from typing import Any, Protocol
 import numpy as np
 import scipy.sparse as sp
 
-from .storage import DEFAULT_BLOCK_CHUNKS, DEFAULT_CHUNK_SIZE, CSRStore, RowBlockPlanner
+from .storage import (
+    DEFAULT_BLOCK_CHUNKS,
+    DEFAULT_CHUNK_SIZE,
+    CSRStore,
+    RowBlockPlanner,
+    fingerprint,
+)
 from .validate import canonical_block, value_dtype
 
 
@@ -92,6 +98,12 @@ class MemoryMatrix:
         r0, r1 = self.block_rows(i)
         return self.matrix[r0:r1]
 
+    def fingerprint(self) -> dict:
+        """Identity of the matrix, computed as for stores so the two compare."""
+        indptr, data = self.matrix.indptr, self.matrix.data
+        return fingerprint(self.shape, self.nnz, self.dtype, lambda a, b: indptr[a:b],
+                           lambda a, b: data[a:b])  # fmt: skip
+
     def __dask_tokenize__(self) -> tuple:
         return ("bignmf-memory-matrix", id(self.matrix), self.shape, self.nnz)
 
@@ -110,6 +122,8 @@ def as_block_matrix(
     """
     if isinstance(A, MemoryMatrix | CSRStore) and block_nnz is None and block_rows is None:
         return A
+    if isinstance(A, MemoryMatrix):
+        A = A.matrix
     if isinstance(A, str | os.PathLike | CSRStore):
         from .storage import open_matrix
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,6 +169,26 @@ class _BlockWriter:
         sq, total = _data_stats(block.data)
         self.frobenius_sq += sq
         self.value_sum += total
+
+
+def fingerprint(shape, nnz: int, dtype, read_indptr, read_data, step: int = 1 << 20) -> dict:
+    """Identity of a matrix: shape, nnz, dtype, a CRC of all of indptr and of a data sample.
+
+    ``read_indptr(start, stop)`` / ``read_data(start, stop)`` return those ranges. Reads indptr
+    once (O(m)) and at most three windows of ``data``, so it is cheap for any size.
+    """
+    crc = 0
+    for start, stop in _chunk_ranges(shape[0] + 1, step):
+        crc = zlib.crc32(np.ascontiguousarray(read_indptr(start, stop), dtype="<i8"), crc)
+    sample = 0
+    window = 1 << 16
+    for start in sorted({0, max(nnz // 2 - window // 2, 0), max(nnz - window, 0)}):
+        values = read_data(start, min(start + window, nnz))
+        sample = zlib.crc32(
+            np.ascontiguousarray(values, dtype=f"<f{np.dtype(dtype).itemsize}"), sample
+        )
+    return {"shape": [int(x) for x in shape], "nnz": int(nnz), "dtype": str(np.dtype(dtype)),
+            "indptr_crc32": crc, "data_sample_crc32": sample}  # fmt: skip
 
 
 def _data_stats(values: np.ndarray) -> tuple[float, float]:
@@ -545,6 +566,11 @@ class CSRStore:
             object.__setattr__(lay, "frobenius_sq", sq)
             object.__setattr__(lay, "value_sum", total)
         return lay.frobenius_sq, lay.value_sum
+
+    def fingerprint(self) -> dict:
+        """Identity of the matrix (see :func:`fingerprint`), to match checkpoints to it."""
+        return fingerprint(self.shape, self.nnz, self.dtype, lambda a, b: self._read(2, a, b, None),
+                           lambda a, b: self._read(0, a, b, None))  # fmt: skip
 
     # -- reading
     def block_rows(self, i: int) -> tuple[int, int]:

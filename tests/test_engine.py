@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 from sklearn.decomposition import NMF
 
-import bignmf.engine
+import bignmf.driver
 from bignmf import write_matrix
 from bignmf.engine import nmf
 from bignmf.graph import HState, Pass, iteration
@@ -193,14 +193,14 @@ def test_building_the_graph_computes_nothing():
 
 def test_graph_does_not_grow(monkeypatch):
     sizes = []
-    real = bignmf.engine.iteration
+    real = bignmf.driver.iteration
 
     def recording(*args, **kwargs):
         new_w, total = real(*args, **kwargs)
         sizes.append(len(dict(total.__dask_graph__())))
         return new_w, total
 
-    monkeypatch.setattr(bignmf.engine, "iteration", recording)
+    monkeypatch.setattr(bignmf.driver, "iteration", recording)
     A, W0, H0 = text_like(seed=10)
     nmf(A, K, init="custom", W=W0, H=H0, max_iter=50, tol=0, block_nnz=300, n_tasks=4)
     assert len(sizes) == 50
