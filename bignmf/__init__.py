@@ -2,7 +2,8 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .engine import IterationInfo, NMFResult, nmf
+from .driver import IterationInfo
+from .engine import NMFResult, nmf, resume
 from .errors import BigNMFError, InputError, StoreExistsError, StoreFormatError
 from .ingest import convert
 from .storage import CSRStore, open_matrix, write_matrix
@@ -26,5 +27,6 @@ __all__ = [
     "convert",
     "nmf",
     "open_matrix",
+    "resume",
     "write_matrix",
 ]

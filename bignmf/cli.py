@@ -1,4 +1,5 @@
-"""Command-line interface: ``bignmf convert``, ``bignmf info``, ``bignmf generate``.
+"""Command-line interface: ``bignmf fit``, ``resume``, ``top-features``, ``convert``, ``info``,
+``generate``.
 
 No algorithm lives here: each command parses its options and calls the library.
 """
@@ -7,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from . import __version__
 from .errors import BigNMFError
@@ -39,6 +42,17 @@ def _add_store_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-nnz", type=int, help="target nonzeros per row block (4 chunks)")
     p.add_argument("--block-rows", type=int, help="fixed rows per row block instead")
     p.add_argument("--codec", choices=sorted(CODECS), default=DEFAULT_CODEC)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", default="local",
+                   help="local (embedded LocalCluster, default), threads, sync, or an address "
+                        "like tcp://host:8786")  # fmt: skip
+    p.add_argument("--workers", type=int, help="workers of the embedded LocalCluster")
+    p.add_argument("--checkpoint-every", type=int, default=10, help="iterations")
+    p.add_argument("--checkpoint-seconds", type=float, default=600.0)
+    p.add_argument("--top", type=int, default=10, help="top features printed (0: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -81,6 +95,127 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             **options,
         )
     _print_info(store.info())
+    return 0
+
+
+def _as_store(path: str, run_dir: Path, key: str | None, block_nnz: int | None):
+    """A store as given, or the input converted into ``RUN_DIR/A.zarr`` first."""
+    from .errors import StoreFormatError
+    from .ingest import convert
+    from .storage import open_matrix
+
+    try:
+        return open_matrix(path, key, block_nnz=block_nnz)
+    except StoreFormatError:
+        if Path(path).is_dir() and Path(path, "zarr.json").exists() and key is None:
+            raise
+    print(f"converting {path} into {run_dir / 'A.zarr'}", file=sys.stderr)
+    return convert(path, run_dir / "A.zarr", key=key, block_nnz=block_nnz)
+
+
+def _vocabulary(store_path: str | None, given: str | None) -> list[str] | None:
+    """The vocabulary file named, or ``<store>.vocab.txt`` beside the input store."""
+    candidates = [given] if given else ([f"{store_path}.vocab.txt"] if store_path else [])
+    for candidate in candidates:
+        if Path(candidate).is_file():
+            return Path(candidate).read_text(encoding="utf-8").splitlines()
+        if given:
+            raise FileNotFoundError(f"vocabulary file {given} not found")
+    return None
+
+
+def _print_top_features(H, vocabulary: list[str] | None, n: int) -> None:
+    from .outputs import top_features
+
+    for c, features in enumerate(top_features(H, n)):
+        names = [vocabulary[j] if vocabulary and j < len(vocabulary) else str(j)
+                 for j, _ in features]  # fmt: skip
+        print(f"component {c:>3}: {' '.join(names)}")
+
+
+def _finish(run_dir: Path, result, seconds: float, n_top: int) -> None:
+    """Write W, H, summary and loss curve; print what a person wants to see."""
+    from .checkpoint import RunDir
+    from .outputs import plot_loss, write_factors, write_summary
+
+    record = RunDir(run_dir).record()
+    w_path, h_path = write_factors(result.W, result.H, run_dir)
+    png = plot_loss(run_dir)
+    norm = None
+    rel = None
+    if result.loss_history and record["settings"]["beta_loss"] == 2:
+        from .storage import open_matrix
+
+        path = record["matrix"].get("path")
+        norm = open_matrix(path, record["matrix"].get("key")).frobenius_sq if path else None
+        rel = result.reconstruction_err / norm**0.5 if norm else None
+    summary = {"n_components": record["settings"]["n_components"], "n_iter": result.n_iter,
+               "converged": result.converged, "reconstruction_err": result.reconstruction_err,
+               "relative_error": rel, "seconds": seconds, "W": str(w_path), "H": str(h_path),
+               "loss_plot": str(png) if png else None, "settings": record["settings"],
+               "matrix": record["matrix"]}  # fmt: skip
+    write_summary(run_dir, summary)
+    state = "converged" if result.converged else "stopped at max_iter"
+    print(f"{result.n_iter} iterations ({state}) in {seconds:.1f}s; "
+          f"reconstruction error {result.reconstruction_err:.6g}"
+          + (f" (relative {rel:.4f})" if rel is not None else ""))  # fmt: skip
+    print(f"W: {w_path}  H: {h_path}  metrics: {run_dir / 'metrics.jsonl'}")
+    print(f"summary: {run_dir / 'summary.json'}" + (f"  loss curve: {png}" if png else ""))
+    vocabulary = _vocabulary(record["matrix"].get("path"), None)
+    if n_top and vocabulary is not None:
+        print("top features:")
+        _print_top_features(result.H, vocabulary, n_top)
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    import time
+
+    from .checkpoint import RunDir
+    from .cluster import scheduler_for
+    from .engine import nmf
+
+    run_dir = Path(args.out)
+    if RunDir(run_dir).exists():
+        raise BigNMFError(f"{run_dir} already holds a run: `bignmf resume {run_dir}` continues it")
+    store = _as_store(args.input, run_dir, args.key, args.block_nnz)
+    start = time.perf_counter()
+    with scheduler_for(args.scheduler, n_workers=args.workers) as scheduler:
+        result = nmf(
+            store, args.components, solver=args.solver, beta_loss=args.beta_loss,
+            init=args.init, tol=args.tol, max_iter=args.max_iter, random_state=args.seed,
+            alpha_W=args.alpha_W, alpha_H=args.alpha_H, l1_ratio=args.l1_ratio,
+            n_inner=args.n_inner, w_storage=args.w_storage, block_nnz=args.block_nnz,
+            scheduler=scheduler, progress=not args.no_progress, checkpoint_dir=run_dir,
+            checkpoint_every=args.checkpoint_every, checkpoint_seconds=args.checkpoint_seconds,
+        )  # fmt: skip
+    _finish(run_dir, result, time.perf_counter() - start, args.top)
+    return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    import time
+
+    from .cluster import scheduler_for
+    from .engine import resume
+
+    overrides = {name: getattr(args, name) for name in ("max_iter", "tol")}
+    overrides = {name: value for name, value in overrides.items() if value is not None}
+    start = time.perf_counter()
+    with scheduler_for(args.scheduler, n_workers=args.workers) as scheduler:
+        result = resume(args.run_dir, scheduler=scheduler, progress=not args.no_progress,
+                        **overrides)  # fmt: skip
+    _finish(Path(args.run_dir), result, time.perf_counter() - start, args.top)
+    return 0
+
+
+def _cmd_top_features(args: argparse.Namespace) -> int:
+    import zarr
+
+    from .checkpoint import RunDir
+
+    record = RunDir(args.run_dir).record()
+    H = zarr.open_array(Path(args.run_dir) / "H.zarr", mode="r")[...]
+    _print_top_features(H, _vocabulary(record["matrix"].get("path"), args.vocab), args.n)
     return 0
 
 
@@ -127,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Out-of-core, distributed NMF of large sparse matrices.",
     )
     parser.add_argument("--version", action="version", version=f"bignmf {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every iteration")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert", help="convert a matrix file into a bignmf store")
@@ -146,6 +282,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_info)
 
+    p = sub.add_parser("fit", help="factorize a matrix into a run directory (checkpointed)")
+    p.add_argument("input", help="a store, AnnData .zarr, or any file `bignmf convert` reads")
+    p.add_argument("-k", "--components", type=int, required=True, help="rank k")
+    p.add_argument("--out", required=True, help="run directory (must not hold a run)")
+    p.add_argument("--solver", default="hals", choices=["hals", "mu", "bpp"])
+    p.add_argument("--beta-loss", default="frobenius",
+                   choices=["frobenius", "kullback-leibler", "itakura-saito"])  # fmt: skip
+    p.add_argument("--init", choices=["random", "nndsvd", "nndsvda", "nndsvdar"],
+                   help="default: nndsvda (as scikit-learn)")  # fmt: skip
+    p.add_argument("--tol", type=float, default=1e-4, help="relative loss decrease to stop at")
+    p.add_argument("--max-iter", type=int, default=200)
+    p.add_argument("--seed", type=int, help="random seed (recorded in the run)")
+    p.add_argument("--alpha-W", type=float, default=0.0)
+    p.add_argument("--alpha-H", default="same", type=lambda v: v if v == "same" else float(v))
+    p.add_argument("--l1-ratio", type=float, default=0.0)
+    p.add_argument("--n-inner", type=int, help="HALS sweeps per pass over A (default 1)")
+    p.add_argument("--key", help="matrix inside an AnnData store (default X)")
+    p.add_argument("--block-nnz", type=int, help="re-plan row blocks of a foreign store")
+    p.add_argument("--w-storage", default="auto", choices=["auto", "memory", "zarr"])
+    _add_run_options(p)
+    p.set_defaults(func=_cmd_fit)
+
+    p = sub.add_parser("resume", help="continue a run from its newest intact checkpoint")
+    p.add_argument("run_dir")
+    p.add_argument("--max-iter", type=int, help="raise the iteration limit")
+    p.add_argument("--tol", type=float)
+    _add_run_options(p)
+    p.set_defaults(func=_cmd_resume)
+
+    p = sub.add_parser("top-features", help="print each component's top features")
+    p.add_argument("run_dir")
+    p.add_argument("--vocab", help="one feature name per line (default: <input>.vocab.txt)")
+    p.add_argument("-n", type=int, default=10, help="features per component")
+    p.set_defaults(func=_cmd_top_features)
+
     p = sub.add_parser("generate", help="write a seeded synthetic low-rank sparse matrix")
     p.add_argument("dst")
     p.add_argument("--rows", type=int, default=100_000)
@@ -161,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bignmf`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
         return handler(args)

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .checkpoint import Checkpoint, CheckpointError, crc32
+from .checkpoint import Checkpoint, CheckpointError, crash_point, crc32
 from .factors import ZarrBlocks
 from .graph import WIO, HState, Pass, block_pass, iteration
 from .kernels.loss import frobenius_loss
@@ -90,6 +90,7 @@ class FitState:
         if new_w is not None:
             *self.w_groups, total = self.runner.persist(*new_w, total)
         (self.acc,) = self.runner.compute(total)
+        crash_point("iteration-before-h", self.iteration + 1)
         self.H, loss = self.solver.update_h(self.H, self.acc, self.plan.params, self.norm_a_sq)
         self.history.append(loss)
         self.iteration += 1

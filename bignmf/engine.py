@@ -26,7 +26,7 @@ from .graph import Pass
 from .init import INITS, InitSpec, custom_init, nndsvd_init, random_init
 from .kernels.solvers import SOLVERS, SolverParams, beta_loss_to_float, get_solver
 from .matrix import as_block_matrix
-from .storage import CSRStore
+from .storage import CSRStore, open_matrix
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,10 @@ def nmf(
         seed=None if resume is not None else _seed(random_state), alpha_W=alpha_W,
         alpha_H=alpha_H, l1_ratio=l1_ratio, n_inner=n_inner,
     )  # fmt: skip
-    run_dir, record = _run_dir(matrix, settings, checkpoint_dir, resume)
+    options = {"max_iter": int(max_iter), "tol": float(tol), "w_storage": w_storage,
+               "block_nnz": block_nnz, "checkpoint_every": checkpoint_every,
+               "checkpoint_seconds": checkpoint_seconds}  # fmt: skip
+    run_dir, record = _run_dir(matrix, settings, options, checkpoint_dir, resume)
     settings = record["settings"] if record else settings
     k = settings["n_components"]
     params = SolverParams.from_alpha(
@@ -225,7 +228,7 @@ def nmf(
     w_store = None
     if choose_storage(m, k, matrix.dtype, w_storage) == "zarr":
         root = workdir or (run_dir.path if run_dir else tempfile.mkdtemp(prefix="bignmf-"))
-        w_store = ZarrBlocks(os.path.join(root, "W.zarr"), matrix.row_offsets, k, matrix.dtype)
+        w_store = ZarrBlocks(os.path.join(root, WORK_W), matrix.row_offsets, k, matrix.dtype)
         w_store.create()
     state = FitState(matrix, plan, runner, get_solver(solver), params.beta_loss, None, w_store,
                      np.zeros((k, n), matrix.dtype))  # fmt: skip
@@ -277,15 +280,19 @@ def _settings(matrix, n_components, **values) -> dict:
     }
 
 
+WORK_W = "W-buffers.zarr"  # W between iterations when kept on disk
 _MAY_CHANGE_ON_RESUME = ("seed", "init")  # only used before the first checkpoint, from the record
 
 
-def _run_dir(matrix, settings: dict, checkpoint_dir, resume) -> tuple[RunDir | None, dict | None]:
+def _run_dir(
+    matrix, settings: dict, options: dict, checkpoint_dir, resume
+) -> tuple[RunDir | None, dict | None]:
     """Open (resume) or start (checkpoint_dir) a run directory; check a resumed run matches."""
     if resume is None:
         if checkpoint_dir is None:
             return None, None
-        record = {"settings": settings, "matrix": _matrix_record(matrix), "versions": versions()}
+        record = {"settings": settings, "options": options, "matrix": _matrix_record(matrix),
+                  "versions": versions()}  # fmt: skip
         return RunDir(checkpoint_dir).create(record), None
     run_dir = RunDir(resume)
     record = run_dir.record()
@@ -357,4 +364,43 @@ def _collect_w(state: FitState) -> Any:
     return np.vstack(list(state.w_blocks()))
 
 
-__all__ = ["NMFResult", "Runner", "nmf", "versions"]
+def resume(run_dir: str | os.PathLike, *, A: Any = None, **overrides: Any) -> NMFResult:
+    """Continue a checkpointed run with the settings it was started with.
+
+    Parameters
+    ----------
+    run_dir : path
+        A run directory made by ``nmf(..., checkpoint_dir=...)`` or ``bignmf fit``.
+    A : optional
+        The matrix; by default the store recorded in the run (in-memory inputs must be given).
+    **overrides
+        ``max_iter``, ``tol``, ``scheduler``, ``n_tasks``, ``progress``, ``callback``,
+        ``callbacks``, ``workdir``, ``checkpoint_every``, ``checkpoint_seconds``.
+
+    Returns
+    -------
+    NMFResult
+        Bitwise equal to what the uninterrupted run gives.
+    """
+    record = RunDir(run_dir).record()
+    allowed = {"max_iter", "tol", "scheduler", "n_tasks", "progress", "callback", "callbacks",
+               "workdir", "checkpoint_every", "checkpoint_seconds", "split_every"}  # fmt: skip
+    unknown = set(overrides) - allowed
+    if unknown:
+        raise TypeError(
+            f"resume() cannot change {sorted(unknown)}; it may change {sorted(allowed)}"
+        )
+    if A is None:
+        matrix = record["matrix"]
+        if "path" not in matrix:
+            raise CheckpointError(f"{run_dir} was run on an in-memory matrix: pass it as A=")
+        A = open_matrix(matrix["path"], matrix.get("key"), block_nnz=record["options"]["block_nnz"])
+    settings, options = record["settings"], record["options"]
+    fixed = ("solver", "beta_loss", "init", "alpha_W", "alpha_H", "l1_ratio", "n_inner")
+    kwargs = {name: settings[name] for name in fixed}
+    kwargs.update({name: options[name] for name in options if name != "block_nnz"})
+    kwargs.update(overrides, block_nnz=options["block_nnz"])
+    return nmf(A, settings["n_components"], resume=run_dir, **kwargs)
+
+
+__all__ = ["NMFResult", "Runner", "nmf", "resume", "versions"]
