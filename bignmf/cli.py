@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
+from ._memory import fix_mmap_threshold
 from .errors import BigNMFError
 from .storage import CODECS, DEFAULT_CHUNK_SIZE, DEFAULT_CODEC
 
@@ -68,6 +69,7 @@ def _store_options(args: argparse.Namespace) -> dict:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
+    fix_mmap_threshold()
     from .ingest import convert
 
     with _progress_bar(None, not args.no_progress, "convert") as bar:
@@ -79,6 +81,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    fix_mmap_threshold()
     from .synthetic import make_planted
 
     options = _store_options(args)

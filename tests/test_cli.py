@@ -1,0 +1,109 @@
+"""The command line as a user runs it: generate, convert, info, fit, top-features, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.io
+import scipy.sparse as sp
+import zarr
+
+import bignmf
+from bignmf.cli import main
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    status = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def test_generate_then_info(tmp_path, capsys):
+    status, out, _ = run(capsys, "generate", tmp_path / "g.zarr", "--rows", 3000, "--cols", 400,
+                         "-k", 5, "--nnz-per-row", 20, "--no-progress")  # fmt: skip
+    assert status == 0
+    assert "3,000 x 400" in out
+    assert "float32" in out
+    status, out, _ = run(capsys, "info", tmp_path / "g.zarr", "--json")
+    info = json.loads(out)
+    assert info["shape"] == [3000, 400]
+    assert info["nnz"] == bignmf.open_matrix(tmp_path / "g.zarr").nnz
+
+
+def test_convert_mtx_refuses_overwrite_and_reports_bad_values(tmp_path, capsys):
+    A = sp.random(120, 40, density=0.1, format="coo", random_state=0)
+    scipy.io.mmwrite(tmp_path / "a.mtx", A)
+    status, out, _ = run(
+        capsys, "convert", tmp_path / "a.mtx", tmp_path / "a.zarr", "--no-progress"
+    )
+    assert status == 0
+    assert "120 x 40" in out
+    np.testing.assert_allclose(bignmf.open_matrix(tmp_path / "a.zarr").to_scipy().toarray(),
+                               A.toarray())  # fmt: skip
+    status, _, err = run(capsys, "convert", tmp_path / "a.mtx", tmp_path / "a.zarr")
+    assert status == 2
+    assert "already exists" in err
+    B = A.tocsr()
+    B.data[7] = -3.0
+    scipy.io.mmwrite(tmp_path / "bad.mtx", B)
+    status, _, err = run(capsys, "convert", tmp_path / "bad.mtx", tmp_path / "b.zarr",
+                         "--no-progress")  # fmt: skip
+    assert status == 2
+    assert "bad.mtx" in err
+    assert "1 negative values" in err
+    assert not (tmp_path / "b.zarr").exists()
+
+
+def test_fit_writes_outputs_and_top_features(tmp_path, capsys):
+    A = sp.random(400, 30, density=0.2, format="csr", random_state=1)
+    bignmf.convert(A, tmp_path / "docs.zarr")
+    vocabulary = [f"term{j}" for j in range(30)]
+    (tmp_path / "docs.zarr.vocab.txt").write_text("\n".join(vocabulary) + "\n")
+    options = ("--scheduler", "threads", "--max-iter", 15, "--no-progress", "--top", 4)
+    status, out, _ = run(capsys, "fit", tmp_path / "docs.zarr", "-k", 3, "--out", tmp_path / "run",
+                         *options)  # fmt: skip
+    assert status == 0
+    assert "iterations" in out
+    assert "component   0: term" in out
+    run_dir = tmp_path / "run"
+    for name in ("W.zarr", "H.zarr", "summary.json", "metrics.jsonl", "loss.png", "run.json"):
+        assert (run_dir / name).exists(), name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    W = zarr.open_array(run_dir / "W.zarr")[...]
+    H = zarr.open_array(run_dir / "H.zarr")[...]
+    assert W.shape == (400, 3)
+    assert H.shape == (3, 30)
+    err = np.linalg.norm(A.toarray() - W @ H)
+    assert summary["reconstruction_err"] == pytest.approx(err, rel=1e-4)
+    status, out, _ = run(capsys, "top-features", run_dir, "-n", 2)
+    assert out.count("component") == 3
+    status, _, err = run(capsys, "fit", tmp_path / "docs.zarr", "-k", 3, "--out", run_dir)
+    assert status == 2
+    assert "already holds a run" in err
+
+
+def test_fit_converts_a_file_input_into_the_run(tmp_path, capsys):
+    A = sp.random(200, 25, density=0.2, format="csr", random_state=2)
+    sp.save_npz(tmp_path / "a.npz", A)
+    status, _, err = run(capsys, "fit", tmp_path / "a.npz", "-k", 2, "--out", tmp_path / "run",
+                         "--scheduler", "sync", "--max-iter", 5, "--no-progress")  # fmt: skip
+    assert status == 0
+    assert "converting" in err
+    assert bignmf.open_matrix(tmp_path / "run" / "A.zarr").nnz == A.nnz
+
+
+def test_fit_on_a_scheduler_address_equals_threads(tmp_path, capsys, dask_cluster):
+    A = sp.random(600, 50, density=0.1, format="csr", random_state=3)
+    bignmf.convert(A, tmp_path / "a.zarr", block_rows=64)
+    common = ("-k", 3, "--init", "random", "--seed", 1, "--tol", 0, "--max-iter", 6,
+              "--no-progress")  # fmt: skip
+    for name, scheduler in (("t", "threads"), ("d", dask_cluster)):
+        status, _, _ = run(capsys, "fit", tmp_path / "a.zarr", "--out", tmp_path / name,
+                           "--scheduler", scheduler, *common)  # fmt: skip
+        assert status == 0
+    for name in ("W.zarr", "H.zarr"):
+        threads = zarr.open_array(tmp_path / "t" / name)[...]
+        distributed = zarr.open_array(tmp_path / "d" / name)[...]
+        assert threads.tobytes() == distributed.tobytes()

@@ -1,0 +1,65 @@
+"""Memory bounds, measured as the peak RSS of a subprocess (VmHWM, reset after warm-up)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import scipy.sparse as sp
+
+import bignmf
+
+MiB = 2**20
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    from bignmf.cli import main
+
+    def peak():
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM"))
+
+    small, warm, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+    main(["convert", small, warm, "--no-progress", *args[2:]])  # import and touch every path
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # peak RSS := current RSS
+    base = peak()
+    status = main(["convert", *args])
+    print(status, peak() - base)
+""")
+
+
+def _peak_of_conversion(tmp_path, src, dst, *options):
+    rng = np.random.default_rng(0)
+    small = sp.random(50, 20, density=0.3, format="coo", random_state=rng)
+    sp.save_npz(tmp_path / "small.npz", small, compressed=False)
+    cmd = [sys.executable, "-c", SCRIPT, str(tmp_path / "small.npz"), str(tmp_path / "warm.zarr"),
+           str(src), str(dst), "--no-progress", *options]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True).stdout
+    status, peak = out.split()[-2:]
+    assert status == "0"
+    return int(peak)
+
+
+def test_unsorted_conversion_stays_under_a_budget_a_quarter_of_the_matrix(tmp_path):
+    m, n, nnz = 200_000, 30_000, 8_500_000
+    rng = np.random.default_rng(1)
+    rows = rng.integers(0, m, nnz, dtype=np.int32)
+    cols = rng.integers(0, n, nnz, dtype=np.int32)
+    values = rng.random(nnz) + 0.5  # float64, in file order: not sorted by row
+    sp.save_npz(tmp_path / "big.npz", sp.coo_matrix((values, (rows, cols)), shape=(m, n)),
+                compressed=False)  # fmt: skip
+    del rows, cols, values
+    matrix_bytes = nnz * (8 + 4) + (m + 1) * 8  # the canonical CSR in memory
+    budget = 24 * MiB
+    assert matrix_bytes >= 4 * budget
+    peak = _peak_of_conversion(
+        tmp_path, tmp_path / "big.npz", tmp_path / "A.zarr", "--slab-nnz", "50000",
+        "--memory-nnz", "100000", "--chunk-size", "65536", "--block-nnz", "262144",
+    )  # fmt: skip
+    store = bignmf.open_matrix(tmp_path / "A.zarr")
+    assert store.shape == (m, n)
+    assert 0.99 * nnz < store.nnz <= nnz  # duplicates summed
+    assert peak < budget, f"peak RSS grew by {peak / MiB:.1f} MiB (budget {budget / MiB} MiB)"
