@@ -169,7 +169,7 @@ def test_zarr_w_is_lazy_and_on_disk(tmp_path):
     result = _fit_store(store, w_storage="zarr", workdir=tmp_path / "w")
     assert isinstance(result.W, dask.array.Array)
     assert result.W.shape == (A.shape[0], K)
-    assert (tmp_path / "w" / "W.zarr").is_dir()
+    assert (tmp_path / "w" / "W-buffers.zarr").is_dir()
 
 
 class CountingMatrix(MemoryMatrix):
