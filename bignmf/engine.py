@@ -76,18 +76,29 @@ class NMFResult:
     run_dir: str | None = None
 
 
+def _client(scheduler: Any):
+    """The distributed Client that will run the graphs, if any."""
+    if hasattr(scheduler, "nthreads"):
+        return scheduler
+    if scheduler is None:
+        try:
+            from distributed import default_client
+
+            return default_client()
+        except (ImportError, ValueError):
+            return None
+    return None
+
+
+def _is_distributed(scheduler: Any) -> bool:
+    return _client(scheduler) is not None
+
+
 def _scheduler_threads(scheduler: Any) -> int:
     """Threads the computation will use, to size the fat tasks."""
     if scheduler in ("sync", "synchronous", "single-threaded"):
         return 1
-    client = scheduler if hasattr(scheduler, "nthreads") else None
-    if client is None and scheduler is None:
-        try:
-            from distributed import default_client
-
-            client = default_client()
-        except (ImportError, ValueError):
-            client = None
+    client = _client(scheduler)
     if client is not None:
         return max(sum(client.nthreads().values()), 1)
     return os.cpu_count() or 1
@@ -163,10 +174,12 @@ def nmf(
     n_inner : int, optional
         HALS sweeps per pass over A (default 1 for 'hals'; several amortise the pass).
     w_storage : {'auto', 'memory', 'zarr'}
-        Keep W's blocks in (worker) memory or on disk in ``workdir``; 'auto' keeps it in memory
-        when it fits easily.
+        Keep W's blocks in memory or on disk in ``workdir``. 'auto': on a distributed
+        scheduler always on disk (so that an iteration's graph depends only on stored blocks
+        and a lost worker costs only its tasks), otherwise in memory when W fits easily.
     workdir : path, optional
-        Where W's Zarr blocks go when on disk (default: a new temporary directory).
+        Where W's Zarr blocks go when on disk: the run directory when checkpointing, else a
+        new temporary directory. On a cluster it must be on storage every worker can reach.
     n_tasks : int, optional
         Number of fat tasks per iteration (default 4 per scheduler thread).
     split_every : int
@@ -226,7 +239,8 @@ def nmf(
     plan = Pass.plan(matrix.n_blocks, n_tasks or 4 * threads, solver, params, split_every)
     runner = Runner(scheduler)
     w_store = None
-    if choose_storage(m, k, matrix.dtype, w_storage) == "zarr":
+    distributed = _is_distributed(scheduler)
+    if choose_storage(m, k, matrix.dtype, w_storage, distributed) == "zarr":
         root = workdir or (run_dir.path if run_dir else tempfile.mkdtemp(prefix="bignmf-"))
         w_store = ZarrBlocks(os.path.join(root, WORK_W), matrix.row_offsets, k, matrix.dtype)
         w_store.create()

@@ -26,7 +26,9 @@ def _memory_bytes() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def choose_storage(n_rows: int, k: int, dtype: np.dtype, requested: str = "auto") -> str:
+def choose_storage(
+    n_rows: int, k: int, dtype: np.dtype, requested: str = "auto", distributed: bool = False
+) -> str:
     """``'memory'`` or ``'zarr'``: an explicit request wins, else memory if W fits easily.
 
     Parameters
@@ -37,9 +39,23 @@ def choose_storage(n_rows: int, k: int, dtype: np.dtype, requested: str = "auto"
         Dtype of W.
     requested : {'auto', 'memory', 'zarr'}
         The user's choice.
+    distributed : bool
+        Whether a distributed scheduler runs the tasks. There W lives on the (shared) store:
+        a distributed scheduler keeps the lineage of every persisted result, so W kept as
+        task results would make each iteration's graph depend on all the earlier ones, while
+        W on disk makes an iteration depend only on stored blocks (a lost worker's tasks are
+        rerun from them).
     """
     if requested not in ("auto", "memory", "zarr"):
         raise ValueError(f"w_storage must be 'auto', 'memory' or 'zarr', not {requested!r}")
+    if distributed:
+        if requested == "memory":
+            raise ValueError(
+                "w_storage='memory' cannot be used on a distributed scheduler: it would keep "
+                "every iteration's lineage; use 'zarr' (the default there) with a workdir the "
+                "workers can reach"
+            )
+        return "zarr"
     if requested != "auto":
         return requested
     need = n_rows * k * np.dtype(dtype).itemsize * 3  # W_t, W_t+1 and working copies

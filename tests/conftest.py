@@ -24,6 +24,7 @@ class LocalProcessCluster:
 
     def __init__(self, workdir: Path, n_workers: int = 2, nthreads: int = 1):
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.procs: list[subprocess.Popen] = []
         self.logs: list = []
         self.scheduler_file = workdir / "scheduler.json"

@@ -1,0 +1,92 @@
+"""Real `dask scheduler` / `dask worker` processes: lost workers, lineage, W placement."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import zarr
+from conftest import LocalProcessCluster
+from distributed import Client
+
+import bignmf
+
+K = 4
+
+
+@pytest.fixture
+def own_cluster(tmp_path):
+    """A cluster this test may damage: scheduler + 2 single-threaded workers on 127.0.0.1."""
+    cluster = LocalProcessCluster(tmp_path / "cluster", n_workers=2)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    A = sp.random(4000, 300, density=0.04, format="csr", random_state=0)
+    return bignmf.convert(A, tmp_path_factory.mktemp("data") / "A.zarr", block_rows=250)
+
+
+def test_a_worker_killed_mid_fit_changes_nothing(tmp_path, store, own_cluster):
+    common = ["-k", K, "--init", "random", "--seed", 2, "--tol", 0, "--max-iter", 25,
+              "--checkpoint-every", 1000, "--no-progress", "--top", 0]  # fmt: skip
+    cmd = [sys.executable, "-m", "bignmf", "fit", store.path]
+    subprocess.run([*map(str, cmd), "--out", str(tmp_path / "t"), "--scheduler", "threads",
+                    *map(str, common)], check=True, capture_output=True, timeout=300)  # fmt: skip
+    run = tmp_path / "d"
+    with open(tmp_path / "fit.log", "wb") as log:
+        proc = subprocess.Popen(
+            [*map(str, cmd), "--out", str(run), "--scheduler", own_cluster.address,
+             *map(str, common)], stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        metrics = run / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 4:
+                break
+            time.sleep(0.02)
+        victim = own_cluster.procs[1]
+        os.killpg(victim.pid, signal.SIGKILL)
+        assert proc.wait(timeout=300) == 0, (tmp_path / "fit.log").read_text()
+    assert victim.wait() == -9
+    for name in ("W.zarr", "H.zarr"):
+        expected = zarr.open_array(tmp_path / "t" / name)[...]
+        assert zarr.open_array(run / name)[...].tobytes() == expected.tobytes()
+
+
+def test_lineage_is_one_iteration_deep(tmp_path, store, dask_client):
+    counts = []
+
+    def count(info):
+        counts.append(
+            dask_client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
+        )
+
+    bignmf.nmf(store, K, init="random", random_state=1, tol=0, max_iter=15, scheduler=dask_client,
+               workdir=tmp_path, callback=count)  # fmt: skip
+    assert max(counts[5:]) <= max(counts[:5])
+
+
+def test_memory_w_is_refused_on_a_cluster(store, dask_client):
+    with pytest.raises(ValueError, match="keep every iteration's lineage"):
+        bignmf.nmf(store, K, w_storage="memory", scheduler=dask_client, max_iter=1)
+
+
+def test_default_client_is_used_and_w_goes_to_disk(tmp_path, store, dask_cluster):
+    with Client(dask_cluster) as client:
+        assert client is not None
+        result = bignmf.nmf(store, K, init="random", random_state=0, max_iter=3, tol=0,
+                            workdir=tmp_path)  # fmt: skip
+    assert (tmp_path / "W-buffers.zarr").is_dir()
+    reference = bignmf.nmf(store, K, init="random", random_state=0, max_iter=3, tol=0,
+                           scheduler="sync")  # fmt: skip
+    assert np.asarray(result.W).tobytes() == reference.W.tobytes()
