@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .cluster import connect
 from .driver import IterationInfo
 from .engine import NMFResult, nmf, resume
 from .errors import BigNMFError, InputError, StoreExistsError, StoreFormatError
@@ -14,7 +15,18 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
+
+def __getattr__(name: str):
+    # the estimator needs scikit-learn (the 'sklearn' extra): imported only when asked for
+    if name == "NMF":
+        from .estimator import NMF
+
+        return NMF
+    raise AttributeError(f"module 'bignmf' has no attribute {name!r}")
+
+
 __all__ = [
+    "NMF",
     "BigNMFError",
     "CSRStore",
     "InputError",
@@ -24,6 +36,7 @@ __all__ = [
     "StoreExistsError",
     "StoreFormatError",
     "__version__",
+    "connect",
     "convert",
     "nmf",
     "open_matrix",

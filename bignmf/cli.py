@@ -47,14 +47,30 @@ def _add_store_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scheduler", default="local",
-                   help="local (embedded LocalCluster, default), threads, sync, or an address "
-                        "like tcp://host:8786")  # fmt: skip
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", default="local",
+                       help="local (embedded LocalCluster, default), threads, sync, or an "
+                            "address like tcp://host:8786")  # fmt: skip
+    where.add_argument("--cluster", metavar="FILE",
+                       help="a cluster YAML file (kind local, address, slurm, pbs, kubernetes "
+                            "or ssh; see cluster_configs/)")  # fmt: skip
     p.add_argument("--workers", type=int, help="workers of the embedded LocalCluster")
     p.add_argument("--checkpoint-every", type=int, default=10, help="iterations")
     p.add_argument("--checkpoint-seconds", type=float, default=600.0)
     p.add_argument("--top", type=int, default=10, help="top features printed (0: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _scheduler(args: argparse.Namespace):
+    """The context manager yielding the run's scheduler: ``--cluster`` or ``--scheduler``."""
+    from .cluster import connect, scheduler_for
+
+    if args.cluster is None:
+        return scheduler_for(args.scheduler, n_workers=args.workers)
+    if args.workers is not None:
+        raise BigNMFError("--workers sizes the embedded LocalCluster; with --cluster, set the "
+                          "workers in the cluster file")  # fmt: skip
+    return connect(args.cluster)
 
 
 def _store_options(args: argparse.Namespace) -> dict:
@@ -174,15 +190,15 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     import time
 
     from .checkpoint import RunDir
-    from .cluster import scheduler_for
     from .engine import nmf
 
     run_dir = Path(args.out)
     if RunDir(run_dir).exists():
         raise BigNMFError(f"{run_dir} already holds a run: `bignmf resume {run_dir}` continues it")
+    where = _scheduler(args)  # checks a --cluster file before a long conversion
     store = _as_store(args.input, run_dir, args.key, args.block_nnz)
     start = time.perf_counter()
-    with scheduler_for(args.scheduler, n_workers=args.workers) as scheduler:
+    with where as scheduler:
         result = nmf(
             store, args.components, solver=args.solver, beta_loss=args.beta_loss,
             init=args.init, tol=args.tol, max_iter=args.max_iter, random_state=args.seed,
@@ -198,13 +214,12 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 def _cmd_resume(args: argparse.Namespace) -> int:
     import time
 
-    from .cluster import scheduler_for
     from .engine import resume
 
     overrides = {name: getattr(args, name) for name in ("max_iter", "tol")}
     overrides = {name: value for name, value in overrides.items() if value is not None}
     start = time.perf_counter()
-    with scheduler_for(args.scheduler, n_workers=args.workers) as scheduler:
+    with _scheduler(args) as scheduler:
         result = resume(args.run_dir, scheduler=scheduler, progress=not args.no_progress,
                         **overrides)  # fmt: skip
     _finish(Path(args.run_dir), result, time.perf_counter() - start, args.top)
@@ -219,6 +234,37 @@ def _cmd_top_features(args: argparse.Namespace) -> int:
     record = RunDir(args.run_dir).record()
     H = zarr.open_array(Path(args.run_dir) / "H.zarr", mode="r")[...]
     _print_top_features(H, _vocabulary(record["matrix"].get("path"), args.vocab), args.n)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from .cluster import scheduler_for
+    from .datasets import docstring_corpus
+    from .engine import nmf
+    from .storage import open_matrix
+
+    out = Path(args.out)
+    corpus = out / "docs.zarr"
+    if corpus.exists():
+        store = open_matrix(corpus)
+        print(f"using the corpus built before: {corpus}")
+    else:
+        print("building a corpus from the docstrings of the installed Python packages...")
+        with _progress_bar(None, not args.no_progress, "documents") as bar:
+            store, _ = docstring_corpus(corpus, max_documents=args.max_documents,
+                                        progress=bar.update)  # fmt: skip
+    m, n = store.shape
+    print(f"corpus: {m:,} documents x {n:,} terms, {store.nnz:,} nonzeros ({corpus})")
+    run_dir = next(out / f"run-{i}" for i in range(1, 10**6) if not (out / f"run-{i}").exists())
+    print(f"fitting {args.components} topics into {run_dir} ...")
+    start = time.perf_counter()
+    with scheduler_for(args.scheduler) as scheduler:
+        result = nmf(store, args.components, random_state=0, max_iter=args.max_iter,
+                     scheduler=scheduler, progress=not args.no_progress,
+                     checkpoint_dir=run_dir)  # fmt: skip
+    _finish(run_dir, result, time.perf_counter() - start, 8)
     return 0
 
 
@@ -284,6 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", help="matrix inside an AnnData store (default X)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("demo", help="topics of the docstrings of the installed packages")
+    p.add_argument("--out", default="bignmf-demo", help="directory of the corpus and runs")
+    p.add_argument("-k", "--components", type=int, default=20)
+    p.add_argument("--max-documents", type=int, default=20000)
+    p.add_argument("--max-iter", type=int, default=200)
+    p.add_argument("--scheduler", default="local", help="local, threads, sync or an address")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("fit", help="factorize a matrix into a run directory (checkpointed)")
     p.add_argument("input", help="a store, AnnData .zarr, or any file `bignmf convert` reads")

@@ -202,4 +202,4 @@ def run(state: FitState, max_iter: int, tol: float, callbacks: list) -> FitState
 
 
 def _converged(history: list[float], tol: float) -> bool:
-    return len(history) > 1 and tol > 0 and (history[-2] - history[-1]) < tol * abs(history[-2])
+    return len(history) > 1 and tol > 0 and (history[-2] - history[-1]) <= tol * abs(history[-2])

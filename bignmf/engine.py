@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import dask
 import numpy as np
 from threadpoolctl import threadpool_limits
 
@@ -26,25 +25,8 @@ from .graph import Pass
 from .init import INITS, InitSpec, custom_init, nndsvd_init, random_init
 from .kernels.solvers import SOLVERS, SolverParams, beta_loss_to_float, get_solver
 from .matrix import as_block_matrix
+from .runner import Runner, is_distributed, scheduler_threads
 from .storage import CSRStore, open_matrix
-
-
-@dataclass(frozen=True)
-class Runner:
-    """Computes and persists Dask collections on the chosen scheduler."""
-
-    scheduler: Any = None
-
-    def _options(self) -> dict:
-        return {} if self.scheduler is None else {"scheduler": self.scheduler}
-
-    def compute(self, *collections):
-        """``dask.compute`` on this scheduler."""
-        return dask.compute(*collections, **self._options())
-
-    def persist(self, *collections):
-        """``dask.persist`` on this scheduler (results stay on the workers)."""
-        return dask.persist(*collections, **self._options())
 
 
 @dataclass
@@ -74,34 +56,6 @@ class NMFResult:
     n_iter: int = 0
     converged: bool = False
     run_dir: str | None = None
-
-
-def _client(scheduler: Any):
-    """The distributed Client that will run the graphs, if any."""
-    if hasattr(scheduler, "nthreads"):
-        return scheduler
-    if scheduler is None:
-        try:
-            from distributed import default_client
-
-            return default_client()
-        except (ImportError, ValueError):
-            return None
-    return None
-
-
-def _is_distributed(scheduler: Any) -> bool:
-    return _client(scheduler) is not None
-
-
-def _scheduler_threads(scheduler: Any) -> int:
-    """Threads the computation will use, to size the fat tasks."""
-    if scheduler in ("sync", "synchronous", "single-threaded"):
-        return 1
-    client = _client(scheduler)
-    if client is not None:
-        return max(sum(client.nthreads().values()), 1)
-    return os.cpu_count() or 1
 
 
 def _seed(random_state: int | None) -> int:
@@ -235,14 +189,13 @@ def nmf(
         n_samples=m, n_features=n, beta_loss=settings["beta_loss"], alpha_W=alpha_W,
         alpha_H=alpha_H, l1_ratio=l1_ratio, n_inner=settings["n_inner"],
     )  # fmt: skip
-    threads = _scheduler_threads(scheduler)
+    threads = scheduler_threads(scheduler)
     plan = Pass.plan(matrix.n_blocks, n_tasks or 4 * threads, solver, params, split_every)
     runner = Runner(scheduler)
     w_store = None
-    distributed = _is_distributed(scheduler)
+    distributed = is_distributed(scheduler)
     if choose_storage(m, k, matrix.dtype, w_storage, distributed) == "zarr":
-        root = workdir or (run_dir.path if run_dir else tempfile.mkdtemp(prefix="bignmf-"))
-        w_store = ZarrBlocks(os.path.join(root, WORK_W), matrix.row_offsets, k, matrix.dtype)
+        w_store = ZarrBlocks(_w_buffers(workdir, run_dir), matrix.row_offsets, k, matrix.dtype)
         w_store.create()
     state = FitState(matrix, plan, runner, get_solver(solver), params.beta_loss, None, w_store,
                      np.zeros((k, n), matrix.dtype))  # fmt: skip
@@ -266,6 +219,16 @@ def nmf(
         _collect_w(state), state.H, list(state.history), float(np.sqrt(2 * max(final, 0.0))),
         state.iteration, state.converged, str(run_dir.path) if run_dir else None,
     )  # fmt: skip
+
+
+def _w_buffers(workdir, run_dir: RunDir | None) -> str:
+    """Where W's Zarr buffers go: the run directory's fixed place (a resume refills them), else
+    a new directory, so that a lazy W returned by an earlier fit is never overwritten."""
+    if run_dir is not None and workdir is None:
+        return os.path.join(run_dir.path, WORK_W)
+    root = workdir if workdir is not None else tempfile.gettempdir()
+    os.makedirs(root, exist_ok=True)
+    return os.path.join(tempfile.mkdtemp(prefix="bignmf-", dir=root), WORK_W)
 
 
 def _settings(matrix, n_components, **values) -> dict:

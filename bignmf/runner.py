@@ -1,0 +1,56 @@
+"""Running graphs on the chosen scheduler, and what that scheduler is."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+
+
+@dataclass(frozen=True)
+class Runner:
+    """Computes and persists Dask collections on the chosen scheduler."""
+
+    scheduler: Any = None
+
+    def _options(self) -> dict:
+        return {} if self.scheduler is None else {"scheduler": self.scheduler}
+
+    def compute(self, *collections):
+        """``dask.compute`` on this scheduler."""
+        return dask.compute(*collections, **self._options())
+
+    def persist(self, *collections):
+        """``dask.persist`` on this scheduler (results stay on the workers)."""
+        return dask.persist(*collections, **self._options())
+
+
+def client_of(scheduler: Any):
+    """The distributed Client that will run the graphs, if any."""
+    if hasattr(scheduler, "nthreads"):
+        return scheduler
+    if scheduler is None:
+        try:
+            from distributed import default_client
+
+            return default_client()
+        except (ImportError, ValueError):
+            return None
+    return None
+
+
+def is_distributed(scheduler: Any) -> bool:
+    """Whether a distributed Client runs the graphs."""
+    return client_of(scheduler) is not None
+
+
+def scheduler_threads(scheduler: Any) -> int:
+    """Threads the computation will use, to size the fat tasks."""
+    if scheduler in ("sync", "synchronous", "single-threaded"):
+        return 1
+    client = client_of(scheduler)
+    if client is not None:
+        return max(sum(client.nthreads().values()), 1)
+    return os.cpu_count() or 1
