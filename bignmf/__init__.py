@@ -2,7 +2,6 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .cluster import connect
 from .driver import IterationInfo
 from .engine import NMFResult, nmf, resume
 from .errors import BigNMFError, InputError, StoreExistsError, StoreFormatError
@@ -36,7 +35,6 @@ __all__ = [
     "StoreExistsError",
     "StoreFormatError",
     "__version__",
-    "connect",
     "convert",
     "nmf",
     "open_matrix",
