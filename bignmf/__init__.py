@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .cluster import connect
 from .driver import IterationInfo
 from .engine import NMFResult, nmf, resume
 from .errors import BigNMFError, InputError, StoreExistsError, StoreFormatError
@@ -35,6 +36,7 @@ __all__ = [
     "StoreExistsError",
     "StoreFormatError",
     "__version__",
+    "connect",
     "convert",
     "nmf",
     "open_matrix",

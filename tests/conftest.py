@@ -31,7 +31,8 @@ class LocalProcessCluster:
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
         self.procs.append(self._start(
             [*_dask_cli(), "scheduler", "--host", "127.0.0.1", "--port", "0",
-             "--no-dashboard", "--scheduler-file", str(self.scheduler_file)], env, "scheduler",
+             "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(self.scheduler_file)],
+            env, "scheduler",
         ))  # fmt: skip
         self.address = self._wait_for_address()
         for i in range(n_workers):
@@ -46,7 +47,8 @@ class LocalProcessCluster:
 
     def start_worker(self, name, nthreads=1, env=None):
         cmd = [*_dask_cli(), "worker", self.address, "--host", "127.0.0.1", "--nthreads",
-               str(nthreads), "--nworkers", "1", "--no-dashboard", "--memory-limit", "2GiB",
+               str(nthreads), "--nworkers", "1", "--dashboard-address", "127.0.0.1:0",
+               "--memory-limit", "2GiB",
                "--local-directory", str(self.workdir / name), "--name", name]  # fmt: skip
         return self._start(cmd, env or {**os.environ, "PYTHONWARNINGS": "ignore"}, name)
 
