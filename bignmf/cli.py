@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -226,6 +227,37 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_transform(args: argparse.Namespace) -> int:
+    import zarr
+
+    from .checkpoint import RunDir
+    from .cluster import scheduler_for
+    from .outputs import write_rows
+    from .transform import transform
+
+    settings = RunDir(args.run_dir).record()["settings"]
+    H = zarr.open_array(Path(args.run_dir) / "H.zarr", mode="r")[...]
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise BigNMFError(f"{out} already exists (pass --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # a converted input and W's working blocks live only as long as the command
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".bignmf-transform-") as tmp:
+        store = _as_store(args.input, Path(tmp), args.key, None)
+        if store.shape[1] != H.shape[1]:
+            raise BigNMFError(
+                f"{args.input} has {store.shape[1]} columns; the run's H has {H.shape[1]}"
+            )
+        solver = "bpp" if settings["beta_loss"] == 2 else "mu"
+        with scheduler_for(args.scheduler, n_workers=args.workers) as scheduler:
+            W = transform(store, H, solver=solver, beta_loss=settings["beta_loss"],
+                          alpha_W=settings["alpha_W"], l1_ratio=settings["l1_ratio"],
+                          max_iter=args.max_iter, scheduler=scheduler, workdir=tmp)  # fmt: skip
+            write_rows(W, out)
+    print(f"W of {store.shape[0]:,} rows x {H.shape[0]} components: {out}")
+    return 0
+
+
 def _cmd_top_features(args: argparse.Namespace) -> int:
     import zarr
 
@@ -368,6 +400,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol", type=float)
     _add_run_options(p)
     p.set_defaults(func=_cmd_resume)
+
+    p = sub.add_parser("transform", help="coefficients of new rows against a run's H")
+    p.add_argument("run_dir")
+    p.add_argument("input", help="a store, AnnData .zarr, or any file `bignmf convert` reads")
+    p.add_argument("--out", required=True, help="Zarr array written with W (rows x k)")
+    p.add_argument("--key", help="matrix inside an AnnData store (default X)")
+    p.add_argument("--max-iter", type=int, default=200, help="MU iterations (non-Frobenius)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--scheduler", default="threads", help="threads, sync, local or an address")
+    p.add_argument("--workers", type=int, help="workers of an embedded LocalCluster")
+    p.set_defaults(func=_cmd_transform)
 
     p = sub.add_parser("top-features", help="print each component's top features")
     p.add_argument("run_dir")

@@ -20,17 +20,22 @@ def write_factors(W: Any, H: np.ndarray, run_dir: str | os.PathLike) -> tuple[Pa
     never has to fit in memory.
     """
     run_dir = Path(run_dir)
-    m, k = W.shape
-    w_path, h_path = run_dir / "W.zarr", run_dir / "H.zarr"
-    rows = min(m, ROWS_PER_CHUNK)
-    W_out = zarr.create_array(w_path, shape=(m, k), chunks=(rows, k), dtype=W.dtype,
-                              overwrite=True)  # fmt: skip
-    for start in range(0, m, rows):
-        part = W[start : start + rows]
-        W_out[start : start + rows] = part.compute() if hasattr(part, "compute") else part
-    zarr.create_array(h_path, data=np.ascontiguousarray(H), chunks=(k, min(H.shape[1], rows)),
+    w_path, h_path = write_rows(W, run_dir / "W.zarr"), run_dir / "H.zarr"
+    k, n = H.shape
+    zarr.create_array(h_path, data=np.ascontiguousarray(H), chunks=(k, min(n, ROWS_PER_CHUNK)),
                       overwrite=True)  # fmt: skip
     return w_path, h_path
+
+
+def write_rows(W: Any, path: str | os.PathLike) -> Path:
+    """Write a tall matrix (NumPy or lazy Dask) as a Zarr array, one chunk of rows at a time."""
+    m, k = W.shape
+    rows = max(min(m, ROWS_PER_CHUNK), 1)
+    out = zarr.create_array(path, shape=(m, k), chunks=(rows, k), dtype=W.dtype, overwrite=True)
+    for start in range(0, m, rows):
+        part = W[start : start + rows]
+        out[start : start + rows] = part.compute() if hasattr(part, "compute") else part
+    return Path(path)
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:

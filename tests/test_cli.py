@@ -84,6 +84,32 @@ def test_fit_writes_outputs_and_top_features(tmp_path, capsys):
     assert "already holds a run" in err
 
 
+def test_transform_new_rows_against_a_run(tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    W_true, H_true = rng.random((500, 3)), rng.random((3, 40))
+    A = sp.csr_matrix(W_true @ H_true)
+    bignmf.convert(A[:400], tmp_path / "train.zarr")
+    options = ("--scheduler", "threads", "--max-iter", 300, "--tol", 0, "--no-progress")
+    status, _, _ = run(capsys, "fit", tmp_path / "train.zarr", "-k", 3, "--out", tmp_path / "run",
+                       *options)  # fmt: skip
+    assert status == 0
+    sp.save_npz(tmp_path / "new.npz", A[400:])
+    status, out, _ = run(capsys, "transform", tmp_path / "run", tmp_path / "new.npz",
+                         "--out", tmp_path / "new_W.zarr")  # fmt: skip
+    assert status == 0
+    assert "100 rows x 3 components" in out
+    W = zarr.open_array(tmp_path / "new_W.zarr")[...]
+    H = zarr.open_array(tmp_path / "run" / "H.zarr")[...]
+    assert W.shape == (100, 3)
+    rel = np.linalg.norm(A[400:].toarray() - W @ H) / np.linalg.norm(A[400:].toarray())
+    assert rel < 1e-2
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    status, _, err = run(capsys, "transform", tmp_path / "run", tmp_path / "new.npz",
+                         "--out", tmp_path / "new_W.zarr")  # fmt: skip
+    assert status == 2
+    assert "already exists" in err
+
+
 def test_fit_converts_a_file_input_into_the_run(tmp_path, capsys):
     A = sp.random(200, 25, density=0.2, format="csr", random_state=2)
     sp.save_npz(tmp_path / "a.npz", A)
