@@ -250,10 +250,10 @@ def test_not_a_store(tmp_path):
 @pytest.mark.filterwarnings("ignore:.*autosharding will be the default:UserWarning")
 @pytest.mark.filterwarnings("ignore:Consolidated metadata is currently not part:UserWarning")
 @pytest.mark.parametrize("zarr_format", [2, 3])
-def test_anndata_zarr_opens_directly(tmp_path, zarr_format, monkeypatch):
+def test_anndata_zarr_opens_directly(tmp_path, zarr_format):
     A = random_csr(m=300, n=50, seed=8, dtype=np.float32)
-    monkeypatch.setattr(ad.settings, "zarr_write_format", zarr_format)
-    ad.AnnData(X=A, layers={"counts": A * 2}).write_zarr(tmp_path / "cells.zarr")
+    with ad.settings.override(zarr_write_format=zarr_format):
+        ad.AnnData(X=A, layers={"counts": A * 2}).write_zarr(tmp_path / "cells.zarr")
     store = open_matrix(tmp_path / "cells.zarr", block_nnz=200)
     assert store.key == "X"
     assert store.n_blocks > 1
@@ -352,9 +352,9 @@ def test_direct_chunk_reads_equal_zarr_reads(tmp_path, codec):
 
 
 @pytest.mark.filterwarnings("ignore:.*zarr v2 data will no longer be the default:UserWarning")
-def test_direct_reads_only_for_layouts_they_know(tmp_path, monkeypatch):
-    monkeypatch.setattr(ad.settings, "zarr_write_format", 2)
-    ad.AnnData(X=random_csr(m=50, n=10, seed=14)).write_zarr(tmp_path / "v2.zarr")
+def test_direct_reads_only_for_layouts_they_know(tmp_path):
+    with ad.settings.override(zarr_write_format=2):
+        ad.AnnData(X=random_csr(m=50, n=10, seed=14)).write_zarr(tmp_path / "v2.zarr")
     store = open_matrix(tmp_path / "v2.zarr")
     assert all(DirectChunkReader.for_array(a) is None for a in store.arrays)
     assert store.read_block(0).shape[1] == 10
