@@ -8,8 +8,8 @@ task that is rerun (a lost worker) rewrites the same values and never reads half
 
 from __future__ import annotations
 
+import functools
 import os
-from pathlib import Path
 
 import numpy as np
 import zarr
@@ -62,6 +62,14 @@ def choose_storage(
     return "memory" if need <= W_MEMORY_FRACTION * _memory_bytes() else "zarr"
 
 
+@functools.lru_cache(maxsize=4096)
+def _open_block(path: str) -> zarr.Array:
+    """An opened block array, kept per process: opening re-reads and parses its metadata,
+    which cost more than reading the block itself. Blocks are never resized, and each run writes
+    its buffers in a directory of its own, so an opened array never goes stale."""
+    return zarr.open_array(path, mode="r+")
+
+
 class ZarrBlocks:
     """W's row blocks as Zarr arrays ``{path}/{buffer}/{block}``, in one or more buffers.
 
@@ -102,7 +110,7 @@ class ZarrBlocks:
         return self
 
     def _array(self, buffer: int, i: int) -> zarr.Array:
-        return zarr.open_array(Path(self.path) / str(buffer % self.n_buffers) / str(i), mode="r+")
+        return _open_block(os.path.join(self.path, str(buffer % self.n_buffers), str(i)))
 
     def read(self, buffer: int, i: int) -> np.ndarray:
         """Block ``i`` of W from ``buffer``."""

@@ -23,19 +23,43 @@ from .kernels.solvers import SolverParams, combine, get_solver, prepare_h
 from .reduction import PairwiseSum, aligned_groups, fold_stack, merge_stacks
 
 
-@dataclass(frozen=True)
 class HState:
-    """What every block task needs of H, sent once per iteration as one graph key."""
+    """What every block task needs of H, sent once per iteration and worker as one graph key.
 
-    H: np.ndarray
-    Ht: np.ndarray
-    HHt: np.ndarray
+    Only H and the k×k gram travel; ``Hᵀ`` (C-contiguous, for the sparse products) is made on
+    the worker the first time a task asks for it, instead of doubling the bytes sent.
+    """
+
+    def __init__(self, H: np.ndarray, HHt: np.ndarray):
+        self.H = H
+        self.HHt = HHt
+        self._Ht: np.ndarray | None = None
 
     @classmethod
     def of(cls, H: np.ndarray) -> HState:
-        """Precompute ``Hᵀ`` and ``H·Hᵀ`` once for all blocks."""
+        """Precompute ``H·Hᵀ`` once for all blocks."""
         Ht, HHt = prepare_h(H, H.dtype)
-        return cls(H, Ht, HHt)
+        state = cls(H, HHt)
+        state._Ht = Ht
+        return state
+
+    @property
+    def Ht(self) -> np.ndarray:
+        """``Hᵀ`` as a C-contiguous array, made once per process."""
+        if self._Ht is None:
+            self._Ht = np.ascontiguousarray(self.H.T)
+        return self._Ht
+
+    def __getstate__(self) -> dict:
+        return {"H": self.H, "HHt": self.HHt}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["H"], state["HHt"])
+
+    def __dask_tokenize__(self) -> tuple:
+        from dask.base import tokenize
+
+        return ("bignmf-hstate", tokenize(self.H), tokenize(self.HHt))
 
 
 @dataclass(frozen=True)
