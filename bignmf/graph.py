@@ -17,6 +17,7 @@ from typing import Any
 
 import dask
 import numpy as np
+from dask.sizeof import sizeof
 
 from .factors import ZarrBlocks
 from .kernels.solvers import SolverParams, combine, get_solver, prepare_h
@@ -60,6 +61,12 @@ class HState:
         from dask.base import tokenize
 
         return ("bignmf-hstate", tokenize(self.H), tokenize(self.HHt))
+
+
+@sizeof.register(HState)
+def _sizeof_hstate(state: HState) -> int:
+    # what it costs to send and hold, for the scheduler's transfer and memory accounting
+    return int(state.H.nbytes + state.HHt.nbytes) + 64
 
 
 @dataclass(frozen=True)
