@@ -1,0 +1,113 @@
+"""Every script in ``examples/`` runs in its small form and produces what it promises.
+
+Each example runs as a person would run it, ``python examples/<name>.py --out DIR``, in a
+subprocess: exit status 0, then its printed summary and its files are checked. The whole file
+takes about 2 minutes on 2 cores; ``larger_than_memory.py`` alone about 70 s.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def run_example(name: str, out: Path, *args: str, timeout: float = 300) -> str:
+    """Run ``examples/<name>.py --out OUT ARGS``; return its output, failing on a non-zero exit."""
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / f"{name}.py"), "--out", str(out), *args],
+        cwd=out.parent, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"{name} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height of a PNG file, from its IHDR chunk; fails if it is not a PNG."""
+    header = path.read_bytes()[:24]
+    assert header[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
+    assert header[12:16] == b"IHDR"
+    return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+
+
+def test_every_example_is_tested():
+    tested = {"topics_docstrings", "image_parts_digits", "single_cell_anndata",
+              "larger_than_memory"}  # fmt: skip
+    assert {path.stem for path in EXAMPLES.glob("*.py")} == tested
+
+
+def test_topics_docstrings(tmp_path):
+    out = tmp_path / "topics"
+    stdout = run_example("topics_docstrings", out, "--topics", "8", "--documents", "2000")
+    topics = re.findall(r"^topic +(\d+): (.+?)  e\.g\. (\S+)$", stdout, flags=re.MULTILINE)
+    assert [int(t) for t, _, _ in topics] == list(range(8))
+    for _, words, _ in topics:
+        assert len(words.split()) == 8  # --words defaults to 8
+    assert "2,000 documents x" in stdout
+    assert (out / "topics.txt").read_text(encoding="utf-8").count("\ntopic ") == 7
+    assert (out / "run" / "H.zarr").is_dir()
+    # The run directory is a bignmf run: the command line prints the same topics.
+    listed = subprocess.run(
+        [sys.executable, "-m", "bignmf", "top-features", str(out / "run"), "-n", "8"],
+        capture_output=True, text=True, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    assert [line.split(": ", 1)[1] for line in listed] == [w.strip() for _, w, _ in topics]
+
+
+def test_image_parts_digits(tmp_path):
+    out = tmp_path / "digits"
+    stdout = run_example("image_parts_digits", out)
+    assert "1,797 images x 64 pixels -> 16 parts" in stdout
+    error = float(re.search(r"relative error ‖X − WH‖/‖X‖ = ([\d.]+)", stdout).group(1))
+    assert 0 < error < 0.4
+    for name in ("components.png", "reconstructions.png"):
+        width, height = png_size(out / name)
+        assert 200 <= width <= 2000, (name, width)
+        assert 150 <= height <= 2000, (name, height)
+        assert (out / name).stat().st_size > 5_000  # drawn images, not an empty canvas
+
+
+def test_single_cell_anndata(tmp_path):
+    ad = pytest.importorskip("anndata")
+    out = tmp_path / "sc"
+    stdout = run_example("single_cell_anndata", out, "--cells", "1500", "--genes", "1200")
+    k = 7  # 6 cell types + 1 activity program
+    ari = float(re.search(r"adjusted Rand index ([\d.]+)", stdout).group(1))
+    assert ari > 0.9
+    correlation = float(re.search(r"planted activity: ([\d.]+)", stdout).group(1))
+    assert correlation > 0.9
+    # The results are in the AnnData store factorized in place, and in the .h5ad copy.
+    for adata in (ad.read_zarr(out / "cells.zarr"), ad.read_h5ad(out / "cells_nmf.h5ad")):
+        assert adata.shape == (1500, 1200)
+        assert adata.obsm["X_nmf"].shape == (1500, k)
+        assert adata.varm["NMF_loadings"].shape == (1200, k)
+        assert (adata.obsm["X_nmf"] >= 0).all()
+        assert adata.uns["nmf"]["n_components"] == k
+        assert list(adata.obs["cell_type"].cat.categories) == [f"type_{t}" for t in range(6)]
+
+
+def test_larger_than_memory(tmp_path):
+    out = tmp_path / "ltm"
+    stdout = run_example("larger_than_memory", out, timeout=600)
+    ratio = float(re.search(r"([\d.]+)x the 400 MiB of the 2 workers", stdout).group(1))
+    assert ratio > 1
+    assert "SIGKILL to the process group after" in stdout
+    killed_at = int(re.search(r"newest checkpoint: iteration (\d+)", stdout).group(1))
+    assert 0 < killed_at < 10
+    # the resumed run starts after the checkpoint, not from scratch
+    assert re.search(rf"bignmf resume .*\n  iteration {killed_at + 1}/10 ", stdout)
+    assert "workers paused or restarted for memory: never" in stdout
+    digests = re.findall(r"W, H digest: ([0-9a-f]{16})", stdout)
+    assert len(digests) == 2
+    assert digests[0] == digests[1]
+    assert "bitwise equal: yes" in stdout
+    for line in re.findall(r"worker peak RSS \(MiB\): ([\d, ]+) —", stdout):
+        assert all(int(peak) < 200 for peak in line.split(", "))
+    assert (out / "run" / "summary.json").exists()
