@@ -263,8 +263,15 @@ def _cmd_top_features(args: argparse.Namespace) -> int:
 
     from .checkpoint import RunDir
 
-    record = RunDir(args.run_dir).record()
-    H = zarr.open_array(Path(args.run_dir) / "H.zarr", mode="r")[...]
+    run = RunDir(args.run_dir)
+    record = run.record()
+    h_path = Path(args.run_dir) / "H.zarr"
+    if h_path.exists():
+        H = zarr.open_array(h_path, mode="r")[...]
+    elif run.committed():  # a run started from Python: H of its newest checkpoint
+        H = run.read(run.committed()[0]).H
+    else:
+        raise BigNMFError(f"{args.run_dir} has neither H.zarr nor a checkpoint yet")
     _print_top_features(H, _vocabulary(record["matrix"].get("path"), args.vocab), args.n)
     return 0
 

@@ -118,11 +118,16 @@ def randomized_range(matrix, groups, k: int, seed: int, runner, n_oversamples=10
 # ------------------------------------------------------------------------ NNDSVD
 
 
-def _left_vectors_step(A_i, W_i, i, Z, P, work):
-    """``U_i = A_i·Z·P`` and the squared norms of its positive and negative parts."""
+def _left_vectors_step(A_i, W_i, i, Z, P, dtype, work):
+    """``U_i = A_i·Z·P`` and the squared norms of its positive and negative parts.
+
+    The norms come from the float64 U; U itself is kept in the factors' dtype, as W's Zarr
+    buffers store it, so W does not depend on where it is kept.
+    """
     U = np.asarray(A_i @ Z) @ P
     pos, neg = np.maximum(U, 0), np.minimum(U, 0)
-    return {"pos": np.einsum("ij,ij->j", pos, pos), "neg": np.einsum("ij,ij->j", neg, neg)}, U
+    norms = {"pos": np.einsum("ij,ij->j", pos, pos), "neg": np.einsum("ij,ij->j", neg, neg)}
+    return norms, U.astype(dtype, copy=False)
 
 
 @dataclass(frozen=True)
@@ -163,7 +168,7 @@ def nndsvd_init(matrix, groups, spec: InitSpec, variant: str, runner, w_store=No
     Ub, S, Vt = np.linalg.svd(B, full_matrices=False)
     Ub, S, Vt = Ub[:, :k], S[:k], Vt[:k]
     P = M @ Ub  # U = A·Z·P; signs need no flipping: NNDSVD is invariant to (u, v) -> (-u, -v)
-    u_groups, total = block_pass(matrix, groups, _left_vectors_step, (Z, P), None,
+    u_groups, total = block_pass(matrix, groups, _left_vectors_step, (Z, P, spec.dtype), None,
                                  WIO(w_store, None, 1))  # fmt: skip
     if w_store is None:  # keep U's blocks for the next pass instead of recomputing them
         *u_groups, total = runner.persist(*u_groups, total)

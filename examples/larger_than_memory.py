@@ -24,7 +24,7 @@ within their limit (distributed pauses a worker at 80% of it and restarts it at 
 
 Run it::
 
-    python examples/larger_than_memory.py           # 461 MiB matrix, 2 x 200 MiB workers, ~70 s
+    python examples/larger_than_memory.py           # 461 MiB matrix, 2 x 200 MiB workers, ~1 min
     python examples/larger_than_memory.py --large   # 4.5 GiB matrix, 2 x 300 MiB, ~15 min
 
 It writes, under ``--out`` (default ``./bignmf-examples/larger_than_memory``): ``A.zarr`` (the
@@ -59,7 +59,8 @@ MiB = 2**20
 WORKERS = 2
 K = 10
 # Row blocks of 2**19 nonzeros (6 MiB of float64 values and int32 indices): the unit a task
-# reads, small next to the limit. float64 makes the matrix large in bytes for its nonzeros.
+# reads, small next to the limit. float64: 12 bytes per nonzero, so that a matrix of a given
+# size in bytes has fewer nonzeros to generate (and to compute with) than in float32.
 BLOCK_NNZ = 2**19
 CHUNK_SIZE = 2**17
 CHECKPOINT_EVERY = 2

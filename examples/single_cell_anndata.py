@@ -26,7 +26,7 @@ cells.zarr`` (or ``bignmf fit cells.h5ad ...``, which converts it into the run d
 Run it::
 
     python examples/single_cell_anndata.py            # 5,000 cells x 4,000 genes, ~10 s
-    python examples/single_cell_anndata.py --large    # 60,000 cells x 12,000 genes
+    python examples/single_cell_anndata.py --large    # 60,000 cells x 12,000 genes, ~2.5 min
 
 It writes, under ``--out`` (default ``./bignmf-examples/single_cell``), ``cells.zarr`` (the
 AnnData store, with the results added) and ``cells_nmf.h5ad`` (the same object as ``.h5ad``).
@@ -142,14 +142,16 @@ def write_store(adata: ad.AnnData, path: Path) -> None:
 
 
 def factorize(path: Path, k: int, scheduler: str):
-    """NMF of the store's X, opened in place."""
-    store = bignmf.open_matrix(path)  # X of the AnnData store; bignmf.nmf(path, k) does this too
+    """NMF of the AnnData store's X, read in place."""
+    store = bignmf.open_matrix(path)  # a handle on X of the AnnData store: shape, blocks...
     m, n = store.shape
     print(f"{path}: X is {m:,} cells x {n:,} genes, {store.nnz:,} nonzeros "
           f"({store.nnz / (m * n):.1%} dense), read in {store.n_blocks} row blocks")  # fmt: skip
     start = time.perf_counter()
     with scheduler_for(scheduler) as where:
-        result = bignmf.nmf(store, k, random_state=0, max_iter=300, scheduler=where)
+        # On a distributed scheduler W's blocks are kept on disk: here, beside the store.
+        result = bignmf.nmf(path, k, random_state=0, max_iter=300, scheduler=where,
+                            workdir=path.parent)  # fmt: skip
     relative = result.reconstruction_err / np.sqrt(store.frobenius_sq)
     print(f"NMF with k = {k}: {result.n_iter} iterations in {time.perf_counter() - start:.1f}s, "
           f"relative error {relative:.3f}")  # fmt: skip

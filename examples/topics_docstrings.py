@@ -92,8 +92,11 @@ def describe_topics(result, vocabulary: list[str], titles: list[str], n_words: i
     W = np.asarray(result.W)  # NumPy already when W was kept in memory (a Dask array otherwise)
     words = [" ".join(vocabulary[j] for j, _ in top) for top in top_features(result.H, n_words)]
     width = max(map(len, words))
-    return [f"topic {topic:2d}: {words[topic]:<{width}}  e.g. {titles[int(np.argmax(W[:, topic]))]}"
-            for topic in range(len(words))]  # fmt: skip
+    lines = []
+    for topic, top_words in enumerate(words):
+        example = titles[int(np.argmax(W[:, topic]))]
+        lines.append(f"topic {topic:2d}: {top_words:<{width}}  e.g. {example}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

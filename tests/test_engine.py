@@ -258,3 +258,12 @@ def test_default_init_follows_sklearn():
     default = nmf(A, K, max_iter=3, tol=0, random_state=0)
     explicit = nmf(A, K, init="nndsvda", max_iter=3, tol=0, random_state=0)
     assert default.W.tobytes() == explicit.W.tobytes()
+
+
+def test_float32_nndsvd_gives_the_same_bits_wherever_w_is_kept(tmp_path):
+    A, _, _ = text_like(m=600, n=80, seed=13, dtype=np.float32)
+    store = store_of(A, tmp_path / "a.zarr", block_rows=90)
+    options = {"init": "nndsvda", "random_state": 0, "max_iter": 4, "tol": 0}
+    memory = nmf(store, K, w_storage="memory", **options)
+    on_disk = nmf(store, K, w_storage="zarr", workdir=tmp_path / "w", **options)
+    _same_bits(on_disk, memory)
