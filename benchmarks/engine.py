@@ -68,7 +68,7 @@ from engine_sklearn import Curve, minibatch_curve, sklearn_curve
 
 from bignmf.engine import nmf
 from bignmf.matrix import MemoryMatrix
-from bignmf.storage import open_matrix
+from bignmf.storage import DirectChunkReader, open_matrix
 from bignmf.synthetic import make_planted, planted_source
 
 PARTS = ("roofline", "disk", "sklearn")
@@ -265,20 +265,6 @@ def run_loop(get_block, n_blocks, W0_blocks, H0, norm_a_sq, n_iter, new_buffers=
     return run
 
 
-def _decoder(array_dir: Path):
-    import numcodecs
-
-    meta = json.loads((array_dir / "zarr.json").read_text())
-    names = [c["name"] for c in meta["codecs"] if c["name"] != "bytes"]
-    if not names:
-        return None
-    if names == ["blosc"]:
-        return numcodecs.Blosc()
-    if names == ["zstd"]:
-        return numcodecs.Zstd()
-    raise ValueError(f"no decoder for codecs {names}")
-
-
 def decode_floor(store, n_passes: int, threads: int = 2) -> Run:
     """Read and decode every chunk file of the store, split over ``threads`` threads, per pass.
 
@@ -290,7 +276,7 @@ def decode_floor(store, n_passes: int, threads: int = 2) -> Run:
     jobs = []
     for name in ("data", "indices", "indptr"):
         array = store.group[name]
-        decoder = _decoder(root / name)
+        decoder = DirectChunkReader.for_array(array).decoder
         n_chunks = -(-array.shape[0] // array.chunks[0])
         for c in range(n_chunks):
             jobs.append((root / name / "c" / str(c), decoder, array.chunks[0], array.dtype))

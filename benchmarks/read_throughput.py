@@ -52,6 +52,7 @@ try:
 except ImportError:  # run as `python benchmarks/read_throughput.py` from an uninstalled checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bignmf.storage import DirectChunkReader
 from bignmf.synthetic import planted_source
 from bignmf.types import Source
 
@@ -260,21 +261,6 @@ def npy_readinto_reader(raw: RawMatrix, blocks: list[tuple[int, int, int, int]])
     return run
 
 
-def _decoder(array_dir: Path):
-    """A numcodecs decoder for the chunks of a zarr v3 array (None when uncompressed)."""
-    import numcodecs
-
-    meta = json.loads((array_dir / "zarr.json").read_text())
-    names = [c["name"] for c in meta["codecs"] if c["name"] != "bytes"]
-    if not names:
-        return None
-    if names == ["blosc"]:
-        return numcodecs.Blosc()
-    if names == ["zstd"]:
-        return numcodecs.Zstd()
-    raise ValueError(f"no decoder for codecs {names}")
-
-
 def chunks_decode_reader(store):
     """Read every chunk file of the three arrays and decode it into a reused buffer."""
     root = Path(store.path)
@@ -285,7 +271,7 @@ def chunks_decode_reader(store):
         n_chunks = -(-array.shape[0] // array.chunks[0])
         files = [directory / "c" / str(i) for i in range(n_chunks)]
         out = np.empty(array.chunks[0], dtype=array.dtype)
-        plan.append((files, _decoder(directory), out))
+        plan.append((files, DirectChunkReader.for_array(array).decoder, out))
 
     def run() -> int:
         decoded = 0
