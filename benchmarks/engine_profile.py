@@ -61,6 +61,20 @@ from bignmf.kernels.solvers import (
 )
 from bignmf.matrix import MemoryMatrix
 
+_TMP: list[str] = []
+
+
+def scratch_dir(workdir: str) -> str:
+    """A fresh directory for W's Zarr blocks, under one root removed when the script exits."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if not _TMP:
+        _TMP.append(tempfile.mkdtemp(prefix="engine-profile-", dir=workdir))
+        atexit.register(shutil.rmtree, _TMP[0], True)
+    return tempfile.mkdtemp(dir=_TMP[0])
+
 
 def best_of(fn, repeat: int) -> float:
     times = []
@@ -275,7 +289,6 @@ def _process_times() -> dict:
 
 def cluster_profile(path, W0, H0, args, malloc, **options) -> dict:
     """Driver phases, CPU per process (user/system) and the task stream of a cluster run."""
-    import tempfile
 
     from distributed import get_task_stream
 
@@ -307,7 +320,7 @@ def cluster_profile(path, W0, H0, args, malloc, **options) -> dict:
             tol=0,
             scheduler=client,
             callback=callback,
-            workdir=tempfile.mkdtemp(dir=args.workdir),
+            workdir=scratch_dir(args.workdir),
             **options,
         )
     n = len(marks) - 2  # iterations 2..N
@@ -407,7 +420,6 @@ def _limited_update_h():
 def whatif(matrix, store, W0, H0, args, cluster: bool) -> None:
     """Round-robin: the loop, bignmf as is, bignmf with zero-copy in-memory blocks (and, on a
     cluster, bignmf with the driver's H update limited to one BLAS thread)."""
-    import tempfile
 
     from engine import LOOP_MEM, round_robin, run_bignmf, run_loop, tree_cpu
 
@@ -441,7 +453,7 @@ def whatif(matrix, store, W0, H0, args, cluster: bool) -> None:
                 with local_cluster(MALLOC_ENV) as client, ctx:
                     return run_bignmf(
                         store.path, k, W0, H0, N, scheduler=client, clock=tree_cpu,
-                        workdir=tempfile.mkdtemp(dir=args.workdir),
+                        workdir=scratch_dir(args.workdir),
                     )  # fmt: skip
 
             return go
@@ -517,9 +529,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     if "run-disk" in only:
-        runs.append(
-            ("threads, from disk, W memory", store.path, "threads", True, {"w_storage": "memory"})
-        )
+        runs.append(("threads, from disk, W memory", store.path, "threads", True,
+                     {"w_storage": "memory"}))  # fmt: skip
+    if "run-disk-zarr" in only:
+        runs.append(("threads, from disk, W zarr", store.path, "threads", True,
+                     {"w_storage": "zarr",
+                      "workdir": scratch_dir(args.workdir)}))  # fmt: skip
     for label, source, scheduler, tasks, options in runs:
         res = phases(source, W0, H0, args.iters, scheduler, tasks, **options)
         print(f"\n{label}: medians per iteration over iterations 2–{args.iters}")

@@ -18,6 +18,7 @@ from .storage import (
     DEFAULT_CHUNK_SIZE,
     CSRStore,
     RowBlockPlanner,
+    _csr_view,
     fingerprint,
 )
 from .validate import canonical_block, value_dtype
@@ -94,9 +95,13 @@ class MemoryMatrix:
         return None
 
     def read_block(self, i: int, buffers: Any = None) -> sp.csr_matrix:
-        """Row block ``i`` (a slice of the matrix)."""
+        """Row block ``i``, a view on the matrix's arrays (slicing would copy it every time)."""
         r0, r1 = self.block_rows(i)
-        return self.matrix[r0:r1]
+        A = self.matrix
+        s, e = int(A.indptr[r0]), int(A.indptr[r1])
+        return _csr_view(
+            A.data[s:e], A.indices[s:e], A.indptr[r0 : r1 + 1] - s, (r1 - r0, A.shape[1])
+        )
 
     def fingerprint(self) -> dict:
         """Identity of the matrix, computed as for stores so the two compare."""
