@@ -135,7 +135,9 @@ def _as_store(path: str, run_dir: Path, key: str | None, block_nnz: int | None):
 
 def _vocabulary(store_path: str | None, given: str | None) -> list[str] | None:
     """The vocabulary file named, or ``<store>.vocab.txt`` beside the input store."""
-    candidates = [given] if given else ([f"{store_path}.vocab.txt"] if store_path else [])
+    from .datasets import vocabulary_path
+
+    candidates = [given] if given else ([vocabulary_path(store_path)] if store_path else [])
     for candidate in candidates:
         if Path(candidate).is_file():
             return Path(candidate).read_text(encoding="utf-8").splitlines()

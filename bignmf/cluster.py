@@ -303,8 +303,25 @@ class AddressOptions:
                                  f"got {self.address!r}")  # fmt: skip
 
 
+class _SplitCores:
+    """A job or pod of ``cores`` cores split into ``processes`` worker processes."""
+
+    cores: int
+    processes: int | None
+
+    def __post_init__(self) -> None:
+        if self.processes is not None and self.cores % self.processes:
+            raise ValueError(f"'processes' ({self.processes}) must divide 'cores' "
+                             f"({self.cores})")  # fmt: skip
+
+    @property
+    def n_processes(self) -> int:
+        """Worker processes per job or pod."""
+        return self.processes or self.cores
+
+
 @dataclass(frozen=True, kw_only=True)
-class JobQueueOptions:
+class JobQueueOptions(_SplitCores):
     """Options shared by ``kind: slurm`` and ``kind: pbs`` (dask-jobqueue).
 
     Each job runs ``processes`` worker processes of ``cores / processes`` threads sharing
@@ -363,16 +380,6 @@ class JobQueueOptions:
     scheduler_options: dict = field(default_factory=dict, metadata=_check(_options_mapping))
     wait_for_workers: int | None = field(default=None, metadata=_check(_count))
     timeout: float | None = field(default=None, metadata=_check(_seconds))
-
-    def __post_init__(self) -> None:
-        if self.processes is not None and self.cores % self.processes:
-            raise ValueError(f"'processes' ({self.processes}) must divide 'cores' "
-                             f"({self.cores})")  # fmt: skip
-
-    @property
-    def n_processes(self) -> int:
-        """Worker processes per job."""
-        return self.processes or self.cores
 
     def cluster_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of dask-jobqueue's cluster class."""
@@ -440,7 +447,7 @@ class VolumeOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
-class KubernetesOptions:
+class KubernetesOptions(_SplitCores):
     """``kind: kubernetes``: a DaskCluster resource made by the dask-kubernetes operator.
 
     Attributes
@@ -484,16 +491,6 @@ class KubernetesOptions:
     )
     wait_for_workers: int | None = field(default=None, metadata=_check(_count))
     timeout: float | None = field(default=None, metadata=_check(_seconds))
-
-    def __post_init__(self) -> None:
-        if self.processes is not None and self.cores % self.processes:
-            raise ValueError(f"'processes' ({self.processes}) must divide 'cores' "
-                             f"({self.cores})")  # fmt: skip
-
-    @property
-    def n_processes(self) -> int:
-        """Worker processes per pod."""
-        return self.processes or self.cores
 
 
 @dataclass(frozen=True, kw_only=True)
