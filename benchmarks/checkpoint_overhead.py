@@ -43,8 +43,15 @@ def _fit(store, every: int | None, iters: int, scheduler: str) -> tuple[float, f
             bignmf.nmf(store, 20, max_iter=iters, **options)
             return (time.perf_counter() - start) / iters, float("nan")
         start = time.perf_counter()
-        bignmf.nmf(store, 20, max_iter=iters, checkpoint_dir=run_dir / "run",
-                   checkpoint_every=every, checkpoint_seconds=None, **options)  # fmt: skip
+        bignmf.nmf(
+            store,
+            20,
+            max_iter=iters,
+            checkpoint_dir=run_dir / "run",
+            checkpoint_every=every,
+            checkpoint_seconds=None,
+            **options,
+        )
         per_iteration = (time.perf_counter() - start) / iters
         start = time.perf_counter()
         bignmf.resume(run_dir / "run", max_iter=iters, scheduler=scheduler)  # nothing left to do
@@ -53,7 +60,8 @@ def _fit(store, every: int | None, iters: int, scheduler: str) -> tuple[float, f
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The script's options; ``--quick`` makes the matrix and the run smaller."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rows", type=int, default=200_000)
@@ -63,14 +71,24 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--scheduler", default="threads")
     parser.add_argument("--workdir", default="benchmarks/_data")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.rows, args.cols, args.iters, args.repeat = 50_000, 10_000, 10, 2
+    return args
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Fit the store of ``args`` with every variant, round robin; seconds and resume times.
+
+    Returns
+    -------
+    dict
+        ``matrix`` (shape, nnz), the settings, and ``rows``: per variant ``checkpoints``,
+        ``s_per_iter`` (median over rounds), ``ratio`` (to no checkpoints) and ``resume_s``
+        (NaN for the run without checkpoints).
+    """
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     store = _store(args)
-    m, n = store.shape
-    print(f"matrix {m:,} x {n:,}, {store.nnz:,} nonzeros, k = 20, {args.iters} iterations, "
-          f"scheduler {args.scheduler}, median of {args.repeat}")  # fmt: skip
     seconds = {name: [] for name in VARIANTS}
     resumes = {name: [] for name in VARIANTS}
     for _ in range(args.repeat):  # round robin: the machine is shared and noisy
@@ -79,13 +97,47 @@ def main() -> None:
             seconds[name].append(per_iteration)
             resumes[name].append(resume_seconds)
     base = statistics.median(seconds["none"])
-    print("\n| checkpoints | s/iteration | ratio to none | resume (load newest) s |")
-    print("|---|--:|--:|--:|")
+    rows = []
     for name in VARIANTS:
         median = statistics.median(seconds[name])
-        load = statistics.median(resumes[name])
-        shown = "–" if np.isnan(load) else f"{load:.2f}"
-        print(f"| {name} | {median:.3f} | {median / base:.2f} | {shown} |")
+        rows.append(
+            {
+                "checkpoints": name,
+                "s_per_iter": median,
+                "ratio": median / base,
+                "resume_s": statistics.median(resumes[name]),
+            }
+        )
+    return {
+        "matrix": {"shape": list(store.shape), "nnz": int(store.nnz)},
+        "iters": args.iters,
+        "scheduler": args.scheduler,
+        "repeat": args.repeat,
+        "rows": rows,
+    }
+
+
+def markdown(result: dict) -> str:
+    """The matrix line and the table, as the script prints them."""
+    m, n = result["matrix"]["shape"]
+    lines = [
+        f"matrix {m:,} x {n:,}, {result['matrix']['nnz']:,} nonzeros, k = 20, "
+        f"{result['iters']} iterations, scheduler {result['scheduler']}, "
+        f"median of {result['repeat']}",
+        "",
+        "| checkpoints | s/iteration | ratio to none | resume (load newest) s |",
+        "|---|--:|--:|--:|",
+    ]
+    for row in result["rows"]:
+        shown = "–" if np.isnan(row["resume_s"]) else f"{row['resume_s']:.2f}"
+        lines.append(
+            f"| {row['checkpoints']} | {row['s_per_iter']:.3f} | {row['ratio']:.2f} | {shown} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    print(markdown(run(parse_args(argv))))
 
 
 if __name__ == "__main__":

@@ -989,6 +989,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         print(markdown(json.loads(Path(args.render).read_text())))
         return 0
+    result = collect(args, " ".join(["python", "benchmarks/engine.py", *(argv or sys.argv[1:])]))
+    text = markdown(result)
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ("engine_quick.md" if args.quick else "engine.md")).write_text(text + "\n")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1, default=float))
+    _say(f"total {result['total_s']:.0f} s")
+    return 0
+
+
+def collect(args: argparse.Namespace, command: str) -> dict:
+    """Run the parts of ``args`` (from :func:`parse_args`); the results as ``markdown`` takes.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Options, as :func:`parse_args` returns them.
+    command : str
+        The command line recorded in the results.
+
+    Returns
+    -------
+    dict
+        Date, machine, versions, settings, ``timing`` (parts roofline/disk), ``sklearn``.
+    """
     import dask
     import sklearn
 
@@ -1003,7 +1031,7 @@ def main(argv: list[str] | None = None) -> int:
             "dask": dask.__version__,
             "sklearn": sklearn.__version__,
         },
-        "command": " ".join(["python", "benchmarks/engine.py", *(argv or sys.argv[1:])]),
+        "command": command,
         "parts": sorted(args.parts),
         "k": args.k,
         "repeat": args.repeat,
@@ -1014,16 +1042,7 @@ def main(argv: list[str] | None = None) -> int:
     if "sklearn" in args.parts:
         result["sklearn"] = sklearn_part(args)
     result["total_s"] = time.perf_counter() - start
-    text = markdown(result)
-    print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / ("engine_quick.md" if args.quick else "engine.md")).write_text(text + "\n")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1, default=float))
-    _say(f"total {result['total_s']:.0f} s")
-    return 0
+    return result
 
 
 if __name__ == "__main__":

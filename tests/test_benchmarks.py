@@ -1,0 +1,128 @@
+"""The benchmark suite runs end to end (``python -m benchmarks --smoke``) and writes its report.
+
+Tiny matrices: the figures mean nothing, so nothing here is timed; the checks are that every
+part ran, that the report and the JSON hold the tables a reader expects with plausible numbers,
+and that the plots are real PNG files.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TITLES = ("## Roofline", "## Against scikit-learn", "## Memory", "## Scaling", "## Checkpoint")
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("sklearn")
+pytest.importorskip("psutil")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """Run the suite once in a subprocess; its report text, JSON results and output folder."""
+    out = tmp_path_factory.mktemp("bench-out")
+    workdir = tmp_path_factory.mktemp("bench-data")
+    cmd = [sys.executable, "-m", "benchmarks", "--smoke", "--out", str(out),
+           "--workdir", str(workdir)]  # fmt: skip
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    report = (out / "report-smoke.md").read_text()
+    results = json.loads((out / "results-smoke.json").read_text())
+    return report, results, out
+
+
+def _table(report: str, header_start: str) -> list[list[str]]:
+    """The body rows of the Markdown table whose header line starts with ``header_start``."""
+    lines = report.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def _number(cell: str) -> float:
+    return float(cell.replace(",", "").replace("+", ""))
+
+
+def test_report_names_the_run_and_every_part(smoke):
+    report, results, _ = smoke
+    assert "smoke profile" in report
+    for field in ("- Date: ", "- Machine: ", "- Versions: ", "- Command: `python -m benchmarks"):
+        assert field in report
+    assert "cores" in results["header"]["machine"]
+    assert "bignmf" in results["header"]["versions"]
+    for title in TITLES:
+        assert title in report
+    assert "Failed" not in report
+
+
+def test_memory_table_has_four_sizes_with_finite_peaks(smoke):
+    report, results, _ = smoke
+    rows = _table(report, "| × budget |")
+    assert [row[0] for row in rows] == ["1", "2", "4", "8"]
+    peaks = [_number(row[6]) for row in rows]  # tree peak MiB
+    assert all(math.isfinite(p) and p > 10 for p in peaks)  # a Python process is > 10 MiB
+    data = results["parts"]["memory"]["result"]["rows"]
+    assert len(data) == 4
+    nnz = [r["matrix"]["nnz"] for r in data]
+    assert all(b > 1.5 * a for a, b in itertools.pairwise(nnz))  # sizes double
+    for r in data:
+        assert r["returncode"] == 0
+        assert 0 < r["driver_peak"] <= r["tree_peak"] <= r["sum_of_peaks"]
+        assert math.isfinite(r["s_per_iter"])
+        assert r["s_per_iter"] > 0
+
+
+def test_scaling_has_both_worker_counts_and_a_linear_fit(smoke):
+    report, results, _ = smoke
+    workers = _table(report, "| workers |")
+    assert [row[0] for row in workers] == ["1", "2"]
+    sizes = _table(report, "| rows | nonzeros |")
+    assert len(sizes) == 4
+    fit = results["parts"]["scaling"]["result"]["nnz_scaling"]["fit"]
+    assert len(fit["residuals"]) == 4
+    assert math.isfinite(fit["r2"])
+    assert fit["r2"] <= 1
+    assert all(_number(row[4]) > 0 for row in sizes)  # s/iter
+
+
+def test_engine_parts_include_every_solver(smoke):
+    report, _, _ = smoke
+    methods = [row[0] for row in _table(report, "| method |")]
+    for method in ("sklearn cd", "sklearn mu", "sklearn MiniBatchNMF", "bignmf mu", "bignmf bpp"):
+        assert method in methods
+    assert any(m.startswith("bignmf hals") for m in methods)
+    variants = [row[0] for row in _table(report, "| variant | s/iter | best | CPU s/iter | ÷ loop")]
+    assert "loop, memory" in variants
+    assert any("LocalCluster" in v for v in variants)
+
+
+def test_checkpoint_table(smoke):
+    report, _, _ = smoke
+    rows = _table(report, "| checkpoints |")
+    assert [row[0] for row in rows] == ["none", "default (every 10)", "every iteration"]
+    assert rows[0][2] == "1.00"
+
+
+@pytest.mark.parametrize(
+    "name", ["roofline.png", "engine_sklearn.png", "memory.png", "scaling.png"]
+)
+def test_plots_are_png_files_linked_from_the_report(smoke, name):
+    report, _, out = smoke
+    data = (out / name).read_bytes()
+    assert data.startswith(PNG_MAGIC)
+    assert len(data) > 10_000  # axes, lines and labels, not an empty canvas
+    assert f"]({name})" in report
