@@ -44,6 +44,21 @@ import engine
 MiB = 2**20
 GiB = 2**30
 MULTIPLES = (1, 2, 4, 8)
+# ``bignmf fit`` as the ``bignmf`` command runs it (``bignmf.cli.main``), which then writes its
+# own peak RSS (ru_maxrss: this process only, not its children) for ``run_sampled``: sampling
+# alone would miss whatever the driver reaches after the last sample.
+FIT = """
+import os, resource, sys
+from bignmf.cli import main
+try:
+    code = main(sys.argv[1:])
+finally:
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    with open(os.environ["BIGNMF_BENCH_PEAK"], "w") as f:
+        f.write(str(peak))
+sys.exit(code)
+"""
 # Bytes of one stored nonzero: float32 value + int32 column index; indptr adds 8 per row.
 NNZ_BYTES = 8
 
@@ -94,8 +109,9 @@ class TreeSampler:
         """Take one sample of the tree (processes that vanish meanwhile are skipped)."""
         import psutil
 
+        processes = [self.root]
         with contextlib.suppress(psutil.Error):
-            processes = [self.root, *self.root.children(recursive=True)]
+            processes += self.root.children(recursive=True)
         total = 0
         for process in processes:
             with contextlib.suppress(psutil.Error):
@@ -113,7 +129,9 @@ def run_sampled(cmd: list[str], interval: float = 0.05, env: dict | None = None)
     Parameters
     ----------
     cmd : list of str
-        The command.
+        The command. If it writes its own peak RSS in bytes to the file named by the
+        environment variable ``BIGNMF_BENCH_PEAK`` (as :data:`FIT` does), that exact figure
+        replaces the sampled one for the command's process.
     interval : float
         Seconds between samples.
     env : dict, optional
@@ -123,39 +141,34 @@ def run_sampled(cmd: list[str], interval: float = 0.05, env: dict | None = None)
     -------
     dict
         ``returncode``, ``seconds``, ``tree_peak`` (largest sampled sum of the tree's RSS),
-        ``sum_of_peaks`` (each process's own peak, summed), ``driver_peak`` (the command's
-        process; exact, from ``wait4``'s ``ru_maxrss`` when no child was larger),
-        ``worker_peak`` (the largest descendant's peak), ``processes``, ``output``.
+        ``sum_of_peaks`` (each process's own peak, summed: an upper bound of the tree's),
+        ``driver_peak`` (the command's process), ``worker_peak`` (the largest descendant's),
+        ``processes`` (how many the tree had), ``output`` (its last 4,000 characters).
     """
-    start = time.perf_counter()
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        sampler = TreeSampler(proc.pid, interval)
-        while True:
-            sampler.sample()
-            # reap it ourselves: wait4 also gives the largest RSS it (or a reaped child) reached
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            time.sleep(interval)
-        proc.returncode = os.waitstatus_to_exitcode(status)  # so Popen knows it is reaped
-        seconds = time.perf_counter() - start
-        log.seek(0)
-        output = log.read().decode(errors="replace")
-    children = {p: v for p, v in sampler.peaks.items() if p != proc.pid}
-    driver = max(sampler.peaks.get(proc.pid, 0), 0)
-    # ru_maxrss (KiB on Linux) is the max over the process and its reaped children
-    maxrss = usage.ru_maxrss * 1024
-    worker = max(children.values(), default=0)
-    if maxrss > worker:  # then it is the driver's own exact peak
-        driver = max(driver, maxrss)
+    with tempfile.TemporaryDirectory() as scratch:
+        peak_file = Path(scratch, "peak")
+        env = {**(os.environ if env is None else env), "BIGNMF_BENCH_PEAK": str(peak_file)}
+        with open(Path(scratch, "log"), "w+b") as log:
+            start = time.perf_counter()
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            sampler = TreeSampler(proc.pid, interval)
+            while proc.poll() is None:
+                sampler.sample()
+                time.sleep(interval)
+            seconds = time.perf_counter() - start
+            log.seek(0)
+            output = log.read().decode(errors="replace")
+        driver = sampler.peaks.get(proc.pid, 0)
+        if peak_file.exists():  # the command's own high-water mark, read as it exited
+            driver = max(driver, int(peak_file.read_text()))
+    children = [v for pid, v in sampler.peaks.items() if pid != proc.pid]
     return {
         "returncode": proc.returncode,
         "seconds": seconds,
         "tree_peak": max(sampler.tree_peak, driver),
-        "sum_of_peaks": driver + sum(children.values()),
+        "sum_of_peaks": driver + sum(children),
         "driver_peak": driver,
-        "worker_peak": worker,
+        "worker_peak": max(children, default=0),
         "processes": 1 + len(children),
         "output": output[-4000:],
     }
@@ -204,32 +217,12 @@ def planted_store(
 def fit_command(
     store_path: str, run_dir: Path, args: argparse.Namespace, extra: tuple[str, ...] = ()
 ) -> list[str]:
-    """``bignmf fit`` as a user runs it, with a fixed number of iterations."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "bignmf",
-        "fit",
-        str(store_path),
-        "-k",
-        str(args.k),
-        "--out",
-        str(run_dir),
-        "--max-iter",
-        str(args.iters),
-        "--tol",
-        "0",
-        "--seed",
-        "0",
-        "--no-progress",
-        "--top",
-        "0",
-        "--scheduler",
-        args.scheduler,
-    ]
+    """``bignmf fit`` (through :data:`FIT`) with a fixed number of iterations."""
+    options = ["-k", args.k, "--out", run_dir, "--max-iter", args.iters, "--tol", 0, "--seed", 0,
+               "--no-progress", "--top", 0, "--scheduler", args.scheduler]  # fmt: skip
     if args.workers:
-        cmd += ["--workers", str(args.workers)]
-    return cmd + list(extra)
+        options += ["--workers", args.workers]
+    return [sys.executable, "-c", FIT, "fit", str(store_path), *map(str, options), *extra]
 
 
 def seconds_per_iteration(run_dir: Path) -> float:
@@ -413,13 +406,18 @@ def plot(result: dict, out: Path) -> Path | None:
         ("driver_peak", "driver"),
         ("worker_peak", "largest worker"),
     ):
-        ax.plot(size, [r[key] / MiB for r in rows], marker="o", label=label)
+        if any(r[key] for r in rows):  # no worker line without worker processes
+            ax.plot(size, [r[key] / MiB for r in rows], marker="o", label=label)
     ax.plot(size, size, color="k", ls=":", lw=1, label="the matrix (uncompressed)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(plain)
     ax.set_xlabel("matrix, uncompressed CSR (MiB)")
     ax.set_ylabel("peak RSS (MiB)")
-    ax.set_title(f"bignmf fit, k={result['k']}, {result['workers']} workers: peak RSS vs size")
+    where = f"{result['workers']} workers" if result["workers"] else result["scheduler"]
+    ax.set_title(f"bignmf fit, k={result['k']}, {where}: peak RSS against matrix size")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

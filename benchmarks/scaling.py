@@ -238,7 +238,7 @@ def plot(result: dict, out: Path) -> Path | None:
     names = list(ws["figures"])
     ax2.bar(names, [ws["figures"][n]["wall"] for n in names], color=["C1", "C0"])
     ax2.set_ylabel("seconds per iteration")
-    ax2.set_title(f"{ws['matrix']['nnz'] / 1e6:.0f}M nnz: speed-up {ws['speedup']:.2f}×")
+    ax2.set_title(f"{ws['matrix']['nnz']:,} nnz: speed-up {ws['speedup']:.2f}×")
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
     path = out / "scaling.png"
