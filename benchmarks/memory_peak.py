@@ -293,6 +293,7 @@ def run(args: argparse.Namespace) -> dict:
         "nnz_per_row": args.nnz_per_row,
         "chunk_size": args.chunk_size,
         "scheduler": args.scheduler,
+        "interval": args.interval,
         # worker processes only on the embedded LocalCluster ('local': one per core by default)
         "workers": (args.workers or os.cpu_count()) if args.scheduler == "local" else 0,
         "rows": results,
@@ -307,7 +308,7 @@ def run_largest(args: argparse.Namespace) -> dict:
     import psutil
 
     ram = psutil.virtual_memory().total
-    target = args.largest_gib * GiB if args.largest_gib else 1.25 * ram
+    target = args.largest_gib * GiB if args.largest_gib else 1.1 * ram
     rows = rows_for(target, args.largest_nnz_per_row)
     start = time.perf_counter()
     store, write_s = planted_store(
@@ -316,20 +317,29 @@ def run_largest(args: argparse.Namespace) -> dict:
     engine._say(f"largest: {store.nnz:,} nonzeros ready after {time.perf_counter() - start:.0f} s")
     options = argparse.Namespace(**{**vars(args), "iters": args.largest_iters})
     row = measure_fit(store, options, extra=("--init", "random"))
-    row.update(write_s=write_s, ram_bytes=ram, iters=args.largest_iters)
+    row.update(write_s=write_s, ram_bytes=ram, iters=args.largest_iters, k=args.k,
+               workers=options.workers or os.cpu_count())  # fmt: skip
     return row
 
 
 def markdown(result: dict) -> str:
-    """The part's table (and the largest run's line) in Markdown."""
+    """The part's table and the largest run's paragraph, in Markdown."""
+    lines = _series_markdown(result) if result["rows"] else []
+    if result.get("largest"):
+        lines += ["", _largest_markdown(result["largest"])]
+    return "\n".join(lines).strip()
+
+
+def _series_markdown(result: dict) -> list[str]:
     lines = [
         f"`bignmf fit -k {result['k']} --max-iter {result['iters']} --tol 0` in a subprocess "
         f"(scheduler `{result['scheduler']}`, {result['workers'] or 'no'} worker processes), "
         f"planted float32 matrices with {result['cols']:,} columns and "
         f"{result['nnz_per_row']:g} nonzeros per row, lz4, chunks of {result['chunk_size']:,}; "
         f"budget {result['budget_mib']:g} MiB of uncompressed CSR. *Tree peak*: the largest "
-        "sampled sum of the RSS of the driver and all worker processes; *Σ peaks*: each "
-        "process's own peak (VmHWM) summed, an upper bound.",
+        "sum of the RSS of the driver and all its descendant processes (workers, resource "
+        f"tracker) sampled every {result.get('interval', 0.05):g} s; *Σ peaks*: each process's "
+        "own peak summed (VmHWM; the driver's exact, read by itself as it exits), an upper bound.",
         "",
         "| × budget | rows | nonzeros | row blocks | uncompressed MiB | on disk MiB | "
         "tree peak MiB | Σ peaks MiB | driver MiB | largest worker MiB | processes | s/iter | "
@@ -347,23 +357,24 @@ def markdown(result: dict) -> str:
         f"peak is {last['tree_peak'] / last['matrix']['bytes_uncompressed']:.2f}× its "
         "uncompressed size.",
     ]
-    big = result.get("largest")
-    if big:
-        mx = big["matrix"]
-        lines += [
-            "",
-            f"**Largest matrix factorized here**: {mx['shape'][0]:,} × "
-            f"{mx['shape'][1]:,}, {mx['nnz']:,} nonzeros, "
-            f"{mx['bytes_uncompressed'] / GiB:.1f} GiB uncompressed "
-            f"({mx['bytes_uncompressed'] / big['ram_bytes']:.2f}× this machine's "
-            f"{big['ram_bytes'] / GiB:.0f} GiB of RAM), {mx['bytes_on_disk'] / GiB:.1f} GiB"
-            f" on disk; generated in {big['write_s']:.0f} s; `bignmf fit --init random "
-            f"--max-iter {big['iters']}`: {big['s_per_iter']:.1f} s/iteration, "
-            f"{big['seconds']:.0f} s in all, tree peak "
-            f"{big['tree_peak'] / MiB:,.0f} MiB (driver {big['driver_peak'] / MiB:,.0f}, "
-            f"largest worker {big['worker_peak'] / MiB:,.0f} MiB).",
-        ]
-    return "\n".join(lines)
+    return lines
+
+
+def _largest_markdown(big: dict) -> str:
+    mx = big["matrix"]
+    return (
+        f"**Largest matrix factorized here**: {mx['shape'][0]:,} × {mx['shape'][1]:,}, "
+        f"{mx['nnz']:,} nonzeros, {mx['bytes_uncompressed'] / GiB:.1f} GiB uncompressed "
+        f"({mx['bytes_uncompressed'] / big['ram_bytes']:.2f}× this machine's "
+        f"{big['ram_bytes'] / GiB:.0f} GiB of RAM), {mx['bytes_on_disk'] / GiB:.1f} GiB on disk, "
+        f"{mx['row_blocks']} row blocks; generated and written in {big['write_s']:.0f} s. "
+        f"`bignmf fit -k {big['k']} --init random --max-iter {big['iters']} --tol 0` "
+        f"({big['workers']} worker processes): {big['s_per_iter']:.1f} s per iteration (median "
+        f"of iterations 2–{big['iters']}), {big['seconds']:.0f} s in all; tree peak "
+        f"{big['tree_peak'] / MiB:,.0f} MiB (driver {big['driver_peak'] / MiB:,.0f}, largest "
+        f"worker {big['worker_peak'] / MiB:,.0f} MiB), "
+        f"{big['tree_peak'] / mx['bytes_uncompressed']:.3f}× the matrix."
+    )
 
 
 def _mib(nbytes: float) -> str:
@@ -398,6 +409,8 @@ def plot(result: dict, out: Path) -> Path | None:
     except ImportError:  # matplotlib is the optional 'plots' extra
         return None
     rows = result["rows"]
+    if not rows:
+        return None
     size = np.array([r["matrix"]["bytes_uncompressed"] for r in rows]) / MiB
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key, label in (
@@ -443,7 +456,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, help="bignmf fit --workers (one per core)")
     parser.add_argument("--interval", type=float, default=0.05, help="seconds between samples")
     parser.add_argument("--largest", action="store_true", help="also a matrix > RAM (long)")
-    parser.add_argument("--largest-gib", type=float, help="its uncompressed GiB (1.25x RAM)")
+    parser.add_argument("--largest-gib", type=float, help="its uncompressed GiB (1.1x RAM)")
     parser.add_argument("--largest-cols", type=int, default=100_000, help="(100000)")
     parser.add_argument("--largest-nnz-per-row", type=float, default=200, help="(200)")
     parser.add_argument("--largest-iters", type=int, default=3, help="(3)")
@@ -455,7 +468,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.budget_mib = 16 if args.quick else 256
     if args.chunk_size is None:
         args.chunk_size = 1 << 17 if args.quick else 1 << 20
-    args.multiples = [float(x) if "." in x else int(x) for x in args.multiples.split(",")]
+    # an empty list (--multiples '') skips the series: only --largest runs
+    args.multiples = [float(x) if "." in x else int(x) for x in args.multiples.split(",") if x]
     return args
 
 
