@@ -20,7 +20,7 @@ from .callbacks import Checkpointer, FunctionCallback, LogIterations, MetricsFil
 from .checkpoint import CheckpointError, RunDir, crc32
 from .driver import FitState, IterationInfo, run
 from .factors import ZarrBlocks, choose_storage
-from .graph import Pass
+from .graph import Pass, placement
 from .init import INITS, InitSpec, custom_init, nndsvd_init, random_init
 from .kernels.solvers import SOLVERS, SolverParams, beta_loss_to_float, get_solver
 from .matrix import as_block_matrix
@@ -200,7 +200,7 @@ def nmf(
                      np.zeros((k, n), matrix.dtype))  # fmt: skip
     # one BLAS thread here too: on a cluster the driver's H update otherwise competes with the
     # workers for cores (measured 0.01 s quiet, 0.06-0.23 s under load)
-    with threadpool_limits(limits=1):
+    with threadpool_limits(limits=1), placement(runner.workers):
         restored = run_dir.load(lambda ckpt: state.restore_w(ckpt)) if record else None
         if restored is None:
             _initialize(state, settings, W, H)

@@ -12,6 +12,11 @@ tree reduction cost 1.1-1.7x more per iteration than a hand-written loop.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,12 +34,16 @@ class HState:
 
     Only H and the k×k gram travel; ``Hᵀ`` (C-contiguous, for the sparse products) is made on
     the worker the first time a task asks for it, instead of doubling the bytes sent.
+
+    Its graph key is a name drawn once per state, not a hash of H (hashing H cost ~4.5 ms per
+    iteration): the same state always gives the same key, and a new H a new one.
     """
 
     def __init__(self, H: np.ndarray, HHt: np.ndarray):
         self.H = H
         self.HHt = HHt
         self._Ht: np.ndarray | None = None
+        self._name = uuid.uuid4().hex
 
     @classmethod
     def of(cls, H: np.ndarray) -> HState:
@@ -52,15 +61,14 @@ class HState:
         return self._Ht
 
     def __getstate__(self) -> dict:
-        return {"H": self.H, "HHt": self.HHt}
+        return {"H": self.H, "HHt": self.HHt, "name": self._name}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["H"], state["HHt"])
+        self._name = state.get("name", self._name)
 
     def __dask_tokenize__(self) -> tuple:
-        from dask.base import tokenize
-
-        return ("bignmf-hstate", tokenize(self.H), tokenize(self.HHt))
+        return ("bignmf-hstate", self._name)
 
 
 @sizeof.register(HState)
@@ -107,13 +115,61 @@ class WIO:
     write: int | None = None
 
 
+# Read buffers and kernel scratch, kept per process between tasks and iterations: a fat task
+# would otherwise allocate (and page-fault) ~32 MB of read buffers and its scratch every time.
+# Each task borrows a set for its run (never two tasks at once); a few matrices are remembered.
+_SCRATCH: dict[Any, list] = {}
+_SCRATCH_LOCK = threading.Lock()
+_SCRATCH_MATRICES = 4
+
+
+def _scratch_key(matrix) -> Any:
+    token = getattr(matrix, "__dask_tokenize__", None)
+    key = (type(matrix).__qualname__, token()) if token is not None else None
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+@contextlib.contextmanager
+def _borrowed_scratch(matrix, reads_a: bool):
+    """``(read buffers or None, work dict)`` for one task, returned to the pool afterwards."""
+    key = _scratch_key(matrix)
+    item = None
+    if key is not None:
+        with _SCRATCH_LOCK:
+            free = _SCRATCH.pop(key, [])
+            _SCRATCH[key] = free  # most recently used last
+            while len(_SCRATCH) > _SCRATCH_MATRICES:
+                _SCRATCH.pop(next(iter(_SCRATCH)))
+            item = free.pop() if free else None
+    if item is None:
+        item = [None, {}]
+    if reads_a and item[0] is None:
+        item[0] = matrix.new_buffers()
+    try:
+        yield item[0] if reads_a else None, item[1]
+    finally:
+        if key is not None:
+            with _SCRATCH_LOCK:
+                _SCRATCH.setdefault(key, []).append(item)
+
+
 def _group_task(matrix, start, stop, w_blocks, wio: WIO, step, step_args, reads_a=True):
     """Run ``step`` over blocks ``start:stop``; return (new W blocks or None, partial-sum stack).
 
     ``step(A_i, W_i, i, *step_args, work) -> (partial dict or None, new W_i or None)``.
     """
+    with _borrowed_scratch(matrix, reads_a) as (buffers, work):
+        return _run_group(matrix, start, stop, w_blocks, wio, step, step_args, reads_a, buffers,
+                          work)  # fmt: skip
+
+
+def _run_group(matrix, start, stop, w_blocks, wio, step, step_args, reads_a, buffers, work):
     counter = PairwiseSum(combine)
-    buffers, work, new_blocks = matrix.new_buffers() if reads_a else None, {}, []
+    new_blocks = []
     for i in range(start, stop):
         A_i = matrix.read_block(i, buffers) if reads_a else None
         if wio.read is None:
@@ -130,6 +186,59 @@ def _group_task(matrix, start, stop, w_blocks, wio: WIO, step, step_args, reads_
             counter.push(partial)
     keep = wio.write is not None and wio.store is None
     return (new_blocks if keep else None), counter.stack
+
+
+# On a distributed scheduler the fat tasks are placed on workers by the passes themselves: left
+# to itself the scheduler put 4 of 6 on one worker every iteration (the one holding H, it
+# seems). Each group goes to a worker chosen by nnz (largest first, to the least loaded worker
+# per thread), the same one every iteration for the same workers, so a worker rereads the same
+# blocks of A and W. Restrictions are loose: a lost worker's tasks run elsewhere.
+_PLACEMENT: contextvars.ContextVar = contextvars.ContextVar("bignmf_placement", default=None)
+
+
+@contextlib.contextmanager
+def placement(workers: Callable[[], Mapping[str, int] | None] | Mapping[str, int] | None):
+    """Place the fat tasks of the passes built inside this context on these workers.
+
+    Parameters
+    ----------
+    workers : mapping of address to threads, or a callable returning one (asked once per
+        pass, so that workers that come and go are followed), or None (no placement).
+    """
+    token = _PLACEMENT.set(workers)
+    try:
+        yield
+    finally:
+        _PLACEMENT.reset(token)
+
+
+def assign_groups(weights: Sequence[float], workers: Mapping[str, int]) -> list[str]:
+    """A worker for each group: largest groups first, each to the least loaded per thread."""
+    names = sorted(workers)
+    threads = [max(int(workers[name]), 1) for name in names]
+    load = [0.0] * len(names)
+    chosen: list[str] = [""] * len(weights)
+    for g in sorted(range(len(weights)), key=lambda g: (-weights[g], g)):
+        w = min(range(len(names)), key=lambda w: ((load[w] + weights[g]) / threads[w], w))
+        load[w] += weights[g]
+        chosen[g] = names[w]
+    return chosen
+
+
+def _group_weights(matrix, groups, reads_a: bool) -> list[float]:
+    offsets = getattr(matrix, "nnz_offsets", None) if reads_a else None
+    if offsets is None:
+        offsets = matrix.row_offsets
+    return [float(offsets[stop] - offsets[start]) + (stop - start) for start, stop in groups]
+
+
+def _group_hosts(matrix, groups, reads_a: bool) -> list[str | None]:
+    workers = _PLACEMENT.get()
+    if callable(workers):
+        workers = workers()
+    if not workers or len(workers) < 2:
+        return [None] * len(groups)
+    return list(assign_groups(_group_weights(matrix, groups, reads_a), workers))
 
 
 def _merge_task(stacks):
@@ -182,11 +291,19 @@ def block_pass(
     """
     args = tuple(dask.delayed(a, pure=True, traverse=False) for a in step_args)
     task = dask.delayed(_group_task, nout=2, pure=True)
-    outputs = [
-        task(matrix, start, stop, None if w_groups is None else w_groups[g], wio, step, args,
-             reads_a)
-        for g, (start, stop) in enumerate(groups)
-    ]  # fmt: skip
+    outputs = []
+    for g, ((start, stop), host) in enumerate(zip(groups, _group_hosts(matrix, groups, reads_a),
+                                                  strict=True)):  # fmt: skip
+        where = (
+            dask.annotate(workers=[host], allow_other_workers=True)
+            if host is not None
+            else contextlib.nullcontext()
+        )
+        with where:
+            outputs.append(
+                task(matrix, start, stop, None if w_groups is None else w_groups[g], wio, step,
+                     args, reads_a)
+            )  # fmt: skip
     stacks = [stack for _, stack in outputs]
     merge = dask.delayed(_merge_task, pure=True)
     while len(stacks) > 1:

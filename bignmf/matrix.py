@@ -77,6 +77,7 @@ class MemoryMatrix:
         if bounds[-1] != self.shape[0]:
             bounds.append(self.shape[0])
         self.row_offsets = np.asarray(bounds, dtype=np.int64)
+        self.nnz_offsets = self.matrix.indptr[self.row_offsets].astype(np.int64)
         data = self.matrix.data.astype(np.float64)
         self.frobenius_sq = float(np.dot(data, data))
         self.value_sum = float(data.sum())

@@ -26,6 +26,12 @@ class Runner:
         """``dask.persist`` on this scheduler (results stay on the workers)."""
         return dask.persist(*collections, **self._options())
 
+    def workers(self) -> dict[str, int] | None:
+        """Threads of each worker of a distributed scheduler (None on a local one)."""
+        client = client_of(self.scheduler)
+        if client is None:
+            return None
+
 
 def client_of(scheduler: Any):
     """The distributed Client that will run the graphs, if any."""

@@ -465,6 +465,21 @@ class DirectChunkReader:
         return out
 
 
+_OPENED: dict[tuple[str, str | None], tuple] = {}  # (path, key) -> (signature, handles)
+_OPENED_MAX = 16
+
+
+def _store_signature(path: str, key: str | None) -> tuple | None:
+    """Inode and mtime of the store's directories and its arrays' (None if not local files)."""
+    base = os.path.join(path, key) if key else path
+    names = (path, base, *(os.path.join(base, n) for n in ("data", "indices", "indptr")))
+    try:
+        stats = [os.stat(name) for name in names]
+    except (OSError, TypeError, ValueError):
+        return None
+    return tuple((st.st_dev, st.st_ino, st.st_mtime_ns) for st in stats)
+
+
 class CSRStore:
     """A handle on a sparse matrix stored as CSR row blocks in Zarr.
 
@@ -536,11 +551,32 @@ class CSRStore:
             self._arrays = (g["data"], g["indices"], g["indptr"])
         return self._arrays
 
+    def _open_readers(self) -> tuple:
+        """The chunk readers of (data, indices, indptr), opened once per process and store.
+
+        A task on a worker gets a freshly unpickled handle; opening the group, its arrays and
+        their readers again (8-10 ms of metadata reads) would be paid by every task. Handles
+        are shared while the store's directories are unchanged (a rewritten store gets new ones).
+        """
+        where = (self.path, self.key)
+        signature = _store_signature(self.path, self.key)
+        hit = _OPENED.get(where) if signature is not None else None
+        if hit is not None and hit[0] == signature:
+            self._group, self._arrays, self._readers = hit[1]
+            return self._readers
+        readers = tuple(DirectChunkReader.for_array(a) for a in self.arrays)
+        self._readers = readers
+        if signature is not None:
+            _OPENED.pop(where, None)
+            while len(_OPENED) >= _OPENED_MAX:
+                _OPENED.pop(next(iter(_OPENED)), None)
+            _OPENED[where] = (signature, (self._group, self._arrays, readers))
+        return readers
+
     def _read(self, which: int, start: int, stop: int, out: np.ndarray | None) -> np.ndarray:
         """Elements of data (0), indices (1) or indptr (2), decoded in place where possible."""
-        if self._readers is None:
-            self._readers = tuple(DirectChunkReader.for_array(a) for a in self.arrays)
-        reader = self._readers[which]
+        readers = self._readers if self._readers is not None else self._open_readers()
+        reader = readers[which]
         if reader is None:
             return _read_into(self.arrays[which], start, stop, out)
         return reader.read(start, stop, out)
