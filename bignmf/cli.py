@@ -56,6 +56,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                        help="a cluster YAML file (kind local, address, slurm, pbs, kubernetes "
                             "or ssh; see cluster_configs/)")  # fmt: skip
     p.add_argument("--workers", type=int, help="workers of the embedded LocalCluster")
+    p.add_argument("--n-tasks", type=int,
+                   help="tasks per pass (default 4 per thread; more: smaller tasks, less memory "
+                        "each)")  # fmt: skip
     p.add_argument("--checkpoint-every", type=int, default=10, help="iterations")
     p.add_argument("--checkpoint-seconds", type=float, default=600.0)
     p.add_argument("--top", type=int, default=10, help="top features printed (0: none)")
@@ -207,7 +210,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             init=args.init, tol=args.tol, max_iter=args.max_iter, random_state=args.seed,
             alpha_W=args.alpha_W, alpha_H=args.alpha_H, l1_ratio=args.l1_ratio,
             n_inner=args.n_inner, w_storage=args.w_storage, block_nnz=args.block_nnz,
-            scheduler=scheduler, progress=not args.no_progress, checkpoint_dir=run_dir,
+            column_chunks=args.column_chunks, n_tasks=args.n_tasks, scheduler=scheduler,
+            progress=not args.no_progress, checkpoint_dir=run_dir,
             checkpoint_every=args.checkpoint_every, checkpoint_seconds=args.checkpoint_seconds,
         )  # fmt: skip
     _finish(run_dir, result, time.perf_counter() - start, args.top)
@@ -219,7 +223,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
     from .engine import resume
 
-    overrides = {name: getattr(args, name) for name in ("max_iter", "tol")}
+    overrides = {name: getattr(args, name) for name in ("max_iter", "tol", "n_tasks")}
     overrides = {name: value for name, value in overrides.items() if value is not None}
     start = time.perf_counter()
     with _scheduler(args) as scheduler:
@@ -400,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", help="matrix inside an AnnData store (default X)")
     p.add_argument("--block-nnz", type=int, help="re-plan row blocks of a foreign store")
     p.add_argument("--w-storage", default="auto", choices=["auto", "memory", "zarr"])
+    p.add_argument("--column-chunks", type=int, metavar="R",
+                   help="cut H into R column ranges, two passes per iteration (very "
+                        "wide matrices; default: only when H would not fit a task)")  # fmt: skip
     _add_run_options(p)
     p.set_defaults(func=_cmd_fit)
 

@@ -17,10 +17,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from .checkpoint import Checkpoint, CheckpointError, crash_point, crc32
+from .columns import TwoPasses
 from .factors import ZarrBlocks
 from .graph import WIO, HState, Pass, block_pass, iteration
 from .kernels.loss import frobenius_loss
 from .kernels.products import gram
+from .kernels.solvers import prepare_h
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class FitState:
     history: list[float] = field(default_factory=list)
     acc: dict | None = None
     converged: bool = False
+    two_passes: TwoPasses | None = None  # H cut into column ranges (wide matrices)
 
     @property
     def norm_a_sq(self) -> float:
@@ -84,18 +87,28 @@ class FitState:
     def step(self, max_iter: int) -> IterationInfo:
         """Run one iteration: update every W block, reduce, update H."""
         start = time.perf_counter()
-        new_w, total = iteration(
-            self.matrix, self.plan, HState.of(self.H), self.w_groups, self.w_store, self.iteration
-        )
-        if new_w is not None:
-            *self.w_groups, total = self.runner.persist(*new_w, total)
-        (self.acc,) = self.runner.compute(total)
+        if self.two_passes is None:
+            self.acc = self._fused_pass()
+        else:
+            self.acc = self._two_passes()
         crash_point("iteration-before-h", self.iteration + 1)
         self.H, loss = self.solver.update_h(self.H, self.acc, self.plan.params, self.norm_a_sq)
         self.history.append(loss)
         self.iteration += 1
         seconds = time.perf_counter() - start
         return IterationInfo(self.iteration, loss, self.relative_error(loss), seconds, max_iter)
+
+    def _fused_pass(self) -> dict:
+        new_w, total = iteration(
+            self.matrix, self.plan, HState.of(self.H), self.w_groups, self.w_store, self.iteration
+        )
+        if new_w is not None:
+            *self.w_groups, total = self.runner.persist(*new_w, total)
+        return self.runner.compute(total)[0]
+
+    def _two_passes(self) -> dict:
+        Ht, HHt = prepare_h(self.H, self.H.dtype)
+        return self.two_passes.step(self, Ht, HHt)
 
     def final_loss(self) -> float:
         """Loss of the current (W, H): exact from the last sums for Frobenius."""

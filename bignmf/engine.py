@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from . import columns
 from .callbacks import Checkpointer, FunctionCallback, LogIterations, MetricsFile, ProgressBar
 from .checkpoint import CheckpointError, RunDir, crc32
 from .driver import FitState, IterationInfo, run
@@ -24,7 +25,7 @@ from .graph import Pass, placement
 from .init import INITS, InitSpec, custom_init, nndsvd_init, random_init
 from .kernels.solvers import SOLVERS, SolverParams, beta_loss_to_float, get_solver
 from .matrix import as_block_matrix
-from .runner import Runner, is_distributed, scheduler_threads
+from .runner import Runner, is_distributed, scheduler_threads, task_memory_bytes
 from .storage import CSRStore, open_matrix
 
 
@@ -86,6 +87,7 @@ def nmf(
     n_tasks: int | None = None,
     split_every: int = 8,
     block_nnz: int | None = None,
+    column_chunks: int | None = None,
     scheduler: Any = None,
     callback: Callable[[IterationInfo], Any] | None = None,
     callbacks: tuple = (),
@@ -139,6 +141,13 @@ def nmf(
         Fan-in of the reduction tree (a power of two).
     block_nnz : int, optional
         Re-plan the row blocks (in-memory input, or stores from other tools).
+    column_chunks : int, optional
+        Cut H into this many column ranges and make two passes over A per iteration, so that
+        no task holds all of H (for very wide matrices; Frobenius loss only; each block of A
+        is then read ``2·column_chunks`` times per iteration). Default: 1 (one fused pass)
+        unless a task's share of H — ``Hᵀ`` and its n×k partial sums — would exceed a quarter
+        of a worker thread's memory (see :mod:`bignmf.columns`). A resumed run keeps the
+        recorded value.
     scheduler : optional
         Passed to ``dask.compute`` (``'threads'``, ``'sync'``, a ``distributed.Client``);
         default: Dask's current scheduler.
@@ -167,16 +176,22 @@ def nmf(
     Notes
     -----
     Memory: the driver holds H (k×n), a few n×k partial sums and k×k grams; each task holds one
-    row block of A, its rows of W and ``log2(blocks per task) + 1`` n×k partial sums. W is kept
+    row block of A, its rows of W and ``log2(blocks per task) + 1`` n×k partial sums (n/R×k
+    with ``column_chunks=R``). W is kept
     in memory (≈3·m·k values) or on disk. Results depend on the row blocks, never on the
     scheduler or the number of tasks: the partial sums are added in a fixed tree.
     """
     matrix = as_block_matrix(A, block_nnz=block_nnz)
     m, n = matrix.shape
+    threads = scheduler_threads(scheduler)
+    n_tasks = n_tasks or 4 * threads
     settings = _settings(
         matrix, n_components, solver=solver, beta_loss=beta_loss, init=init,
         seed=None if resume is not None else _seed(random_state), alpha_W=alpha_W,
         alpha_H=alpha_H, l1_ratio=l1_ratio, n_inner=n_inner,
+        column_chunks=_column_chunks(
+            column_chunks, matrix, n_components, beta_loss, scheduler, n_tasks, resume
+        ),
     )  # fmt: skip
     options = {"max_iter": int(max_iter), "tol": float(tol), "w_storage": w_storage,
                "block_nnz": block_nnz, "checkpoint_every": checkpoint_every,
@@ -188,8 +203,7 @@ def nmf(
         n_samples=m, n_features=n, beta_loss=settings["beta_loss"], alpha_W=alpha_W,
         alpha_H=alpha_H, l1_ratio=l1_ratio, n_inner=settings["n_inner"],
     )  # fmt: skip
-    threads = scheduler_threads(scheduler)
-    plan = Pass.plan(matrix.n_blocks, n_tasks or 4 * threads, solver, params, split_every)
+    plan = Pass.plan(matrix.n_blocks, n_tasks, solver, params, split_every)
     runner = Runner(scheduler)
     w_store = None
     distributed = is_distributed(scheduler)
@@ -198,6 +212,13 @@ def nmf(
         w_store.create()
     state = FitState(matrix, plan, runner, get_solver(solver), params.beta_loss, None, w_store,
                      np.zeros((k, n), matrix.dtype))  # fmt: skip
+    if settings["column_chunks"] > 1:
+        ranges = columns.ColumnRanges.split(n, settings["column_chunks"])
+        aht = columns.MemoryBlocks() if w_store is None else ZarrBlocks(
+            os.path.join(os.path.dirname(w_store.path), WORK_AHT), matrix.row_offsets, k,
+            matrix.dtype,
+        ).create()  # fmt: skip
+        state.two_passes = columns.TwoPasses(ranges, aht)
     # one BLAS thread here too: on a cluster the driver's H update otherwise competes with the
     # workers for cores (measured 0.01 s quiet, 0.06-0.23 s under load)
     with threadpool_limits(limits=1), placement(runner.workers):
@@ -243,6 +264,8 @@ def _settings(matrix, n_components, **values) -> dict:
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {list(INITS)}")
     alpha_H = values["alpha_H"]
+    if values["column_chunks"] > 1:
+        columns.check_solver(values["solver"], beta_loss_to_float(values["beta_loss"]))
     return {
         "n_components": k,
         "solver": values["solver"],
@@ -254,10 +277,28 @@ def _settings(matrix, n_components, **values) -> dict:
         "l1_ratio": float(values["l1_ratio"]),
         "n_inner": int(values["n_inner"] or 1),
         "dtype": str(matrix.dtype),
+        "column_chunks": values["column_chunks"],
     }
 
 
+def _column_chunks(requested, matrix, k, beta_loss, scheduler, n_tasks, resume) -> int:
+    """The user's ``column_chunks``, the resumed run's, or the fewest that fit a task."""
+    n = matrix.shape[1]
+    if requested is not None:
+        columns.ColumnRanges.split(n, int(requested))  # validates the range
+        return int(requested)
+    if resume is not None:
+        return int(RunDir(resume).record()["settings"].get("column_chunks", 1))
+    if beta_loss_to_float(beta_loss) != 2.0:
+        return 1
+    blocks_per_task = -(-matrix.n_blocks // max(n_tasks, 1))
+    return columns.choose_column_chunks(
+        n, int(k), matrix.dtype.itemsize, blocks_per_task, task_memory_bytes(scheduler)
+    )
+
+
 WORK_W = "W-buffers.zarr"  # W between iterations when kept on disk
+WORK_AHT = "AHt-buffers.zarr"  # two passes: running sums of A·Hᵀ over H's column ranges
 _MAY_CHANGE_ON_RESUME = ("seed", "init")  # only used before the first checkpoint, from the record
 
 
@@ -375,6 +416,7 @@ def resume(run_dir: str | os.PathLike, *, A: Any = None, **overrides: Any) -> NM
     settings, options = record["settings"], record["options"]
     fixed = ("solver", "beta_loss", "init", "alpha_W", "alpha_H", "l1_ratio", "n_inner")
     kwargs = {name: settings[name] for name in fixed}
+    kwargs["column_chunks"] = settings.get("column_chunks", 1)
     kwargs.update({name: options[name] for name in options if name != "block_nnz"})
     kwargs.update(overrides, block_nnz=options["block_nnz"])
     return nmf(A, settings["n_components"], resume=run_dir, **kwargs)

@@ -17,7 +17,8 @@ import zarr
 W_MEMORY_FRACTION = 0.25  # W kept in memory when it needs at most this share of RAM
 
 
-def _memory_bytes() -> int:
+def machine_memory_bytes() -> int:
+    """Total RAM of this machine."""
     try:
         import psutil
 
@@ -59,7 +60,7 @@ def choose_storage(
     if requested != "auto":
         return requested
     need = n_rows * k * np.dtype(dtype).itemsize * 3  # W_t, W_t+1 and working copies
-    return "memory" if need <= W_MEMORY_FRACTION * _memory_bytes() else "zarr"
+    return "memory" if need <= W_MEMORY_FRACTION * machine_memory_bytes() else "zarr"
 
 
 @functools.lru_cache(maxsize=4096)

@@ -26,10 +26,22 @@ class Runner:
         """``dask.persist`` on this scheduler (results stay on the workers)."""
         return dask.persist(*collections, **self._options())
 
+    def share(self, value: Any, name: str):
+        """``value`` as a graph input named ``name``: sent straight to a worker on a
+        distributed scheduler (not through the scheduler inside the graph), else a Delayed."""
+        client = client_of(self.scheduler)
+        if client is None:
+            return dask.delayed(value, name=name)
+        return client.scatter(value, hash=False)
+
     def workers(self) -> dict[str, int] | None:
         """Threads of each worker of a distributed scheduler (None on a local one)."""
         client = client_of(self.scheduler)
         if client is None:
+            return None
+        try:
+            return dict(client.nthreads())
+        except Exception:  # no placement is better than a failed iteration
             return None
 
 
@@ -60,3 +72,22 @@ def scheduler_threads(scheduler: Any) -> int:
     if client is not None:
         return max(sum(client.nthreads().values()), 1)
     return os.cpu_count() or 1
+
+
+def task_memory_bytes(scheduler: Any) -> int:
+    """Memory one task may use: the smallest worker memory limit per thread, or RAM per core.
+
+    Workers with no memory limit count as this machine's RAM shared by its threads.
+    """
+    from .factors import machine_memory_bytes
+
+    client = client_of(scheduler)
+    if client is not None:
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        shares = [
+            (w.get("memory_limit") or machine_memory_bytes()) // max(w.get("nthreads", 1), 1)
+            for w in workers
+        ]
+        if shares:
+            return int(min(shares))
+    return machine_memory_bytes() // max(scheduler_threads(scheduler), 1)

@@ -133,3 +133,22 @@ def test_fit_on_a_scheduler_address_equals_threads(tmp_path, capsys, dask_cluste
         threads = zarr.open_array(tmp_path / "t" / name)[...]
         distributed = zarr.open_array(tmp_path / "d" / name)[...]
         assert threads.tobytes() == distributed.tobytes()
+
+
+def test_fit_in_two_passes_then_resume_keeps_the_ranges(tmp_path, capsys):
+    A = sp.random(300, 500, density=0.05, format="csr", random_state=2)
+    bignmf.convert(A, tmp_path / "wide.zarr", block_rows=50)
+    options = ("--scheduler", "threads", "--no-progress", "--top", 0, "--seed", 1, "--tol", 0)
+    status, _, _ = run(capsys, "fit", tmp_path / "wide.zarr", "-k", 4, "--out", tmp_path / "run",
+                       "--column-chunks", 3, "--n-tasks", 2, "--max-iter", 5, *options)  # fmt: skip
+    assert status == 0
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["settings"]["column_chunks"] == 3
+    status, _, _ = run(capsys, "resume", tmp_path / "run", "--max-iter", 9, "--n-tasks", 5,
+                       "--scheduler", "threads", "--no-progress", "--top", 0)  # fmt: skip
+    assert status == 0
+    status, _, _ = run(capsys, "fit", tmp_path / "wide.zarr", "-k", 4, "--out", tmp_path / "once",
+                       "--column-chunks", 3, "--max-iter", 9, *options)  # fmt: skip
+    assert status == 0
+    resumed, once = (zarr.open_array(tmp_path / d / "H.zarr")[...] for d in ("run", "once"))
+    assert resumed.tobytes() == once.tobytes()

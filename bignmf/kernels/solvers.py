@@ -361,6 +361,43 @@ class Solver:
         """
         raise NotImplementedError
 
+    def w_from_aht(
+        self, W_i: np.ndarray, aht: np.ndarray, HHt: np.ndarray, params: SolverParams
+    ) -> np.ndarray:
+        """New rows of W from ``A_i·Hᵀ`` (Frobenius loss: the block's data enter only there).
+
+        Parameters
+        ----------
+        W_i : ndarray, shape (m_i, k)
+            Current rows of W, in A's dtype; not modified.
+        aht : ndarray, shape (m_i, k)
+            ``A_i·Hᵀ``, in A's dtype (the two-pass iteration sums it over column ranges).
+        HHt : ndarray, shape (k, k)
+            ``H·Hᵀ`` in float64.
+        params : SolverParams
+
+        Returns
+        -------
+        ndarray, shape (m_i, k)
+            New rows of W (a new array, C-contiguous, non-negative).
+
+        Raises
+        ------
+        ValueError
+            For β ≠ 2, where the update needs ``W_i·H`` at A's nonzeros, i.e. all of H.
+        """
+        self.check_params(params)
+        if params.beta_loss != 2.0:
+            raise ValueError(
+                f"solver {self.name!r} with beta_loss={params.beta_loss!r} needs all of H per "
+                "row block; only the Frobenius loss updates W from A·Hᵀ alone"
+            )
+        W_i = np.asarray(W_i, dtype=aht.dtype, order="C")
+        return self._w_from_aht(W_i, aht, self._check_hht(HHt, W_i.shape[1]), params)
+
+    def _w_from_aht(self, W_i, aht, HHt, params):
+        raise NotImplementedError
+
     def update_h(
         self,
         H: np.ndarray,
@@ -451,9 +488,13 @@ class HALSSolver(Solver):
         m, k = W_i.shape
         HHt = self._check_hht(HHt, k)
         aht = a_ht(A_i, Ht, out=scratch(work, "aht", (m, k), dtype))
+        W_new = self._w_from_aht(W_i, aht, HHt, params)
+        self._accumulate_frobenius(A_i, W_new, aht, acc)
+        return W_new
+
+    def _w_from_aht(self, W_i, aht, HHt, params):
         W_new = W_i.copy()
         hals_update(W_new, aht, HHt, l1=params.l1_W, l2=params.l2_W, n_sweeps=params.n_inner)
-        self._accumulate_frobenius(A_i, W_new, aht, acc)
         return W_new
 
     def update_h(self, H, acc, params, norm_a_sq=None):
@@ -486,10 +527,13 @@ class BPPSolver(Solver):
         m, k = W_i.shape
         HHt = self._check_hht(HHt, k)
         aht = a_ht(A_i, Ht, out=scratch(work, "aht", (m, k), dtype))
-        X = nnls_bpp(HHt, aht.T, l1=params.l1_W, l2=params.l2_W, init=W_i.T)
-        W_new = np.ascontiguousarray(X.T, dtype=dtype)
+        W_new = self._w_from_aht(W_i, aht, HHt, params)
         self._accumulate_frobenius(A_i, W_new, aht, acc)
         return W_new
+
+    def _w_from_aht(self, W_i, aht, HHt, params):
+        X = nnls_bpp(HHt, aht.T, l1=params.l1_W, l2=params.l2_W, init=W_i.T)
+        return np.ascontiguousarray(X.T, dtype=aht.dtype)
 
     def update_h(self, H, acc, params, norm_a_sq=None):
         self.check_params(params)
@@ -514,9 +558,7 @@ class MUSolver(Solver):
         if beta == 2:
             HHt = self._check_hht(HHt, k)
             aht = a_ht(A_i, Ht, out=scratch(work, "aht", (m, k), dtype))
-            W_new = mu_update_w(
-                A_i, W_i, Ht, beta=beta, HHt=HHt, l1=params.l1_W, l2=params.l2_W, aht=aht
-            )
+            W_new = self._w_from_aht(W_i, aht, HHt, params)
             self._accumulate_frobenius(A_i, W_new, aht, acc)
             return W_new
 
@@ -552,6 +594,12 @@ class MUSolver(Solver):
                 W_new, Ht, beta, acc["den"], batch_elements=params.batch_elements
             )
         return W_new
+
+    def _w_from_aht(self, W_i, aht, HHt, params):
+        # with β = 2 and A·Hᵀ given, the MU step reads neither A_i nor Hᵀ
+        return mu_update_w(
+            None, W_i, None, beta=2.0, HHt=HHt, l1=params.l1_W, l2=params.l2_W, aht=aht
+        )
 
     def update_h(self, H, acc, params, norm_a_sq=None):
         Ht = self._ht_of(H, acc)
