@@ -20,12 +20,14 @@ differ from the fused pass (and from another R) only by rounding.
 from __future__ import annotations
 
 import math
+import os
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from .factors import ZarrBlocks
 from .graph import WIO, Pass, block_pass
 from .kernels.products import a_ht, accumulate_at_w, gram
 from .kernels.solvers import get_solver
@@ -106,8 +108,8 @@ def check_solver(solver: str, beta_loss: float) -> None:
 class MemoryBlocks:
     """Row blocks kept in this process, with :class:`~bignmf.factors.ZarrBlocks`' read/write.
 
-    Holds the running sums of ``A·Hᵀ`` between the rounds of pass 1 on local schedulers (the
-    tasks share the driver's memory); on a cluster they go to Zarr instead.
+    Holds running sums (of ``A·Hᵀ``, say) between the rounds over H's ranges on local
+    schedulers (the tasks share the driver's memory); on a cluster they go to Zarr instead.
     """
 
     def __init__(self, n_buffers: int = 2):
@@ -127,10 +129,10 @@ class MemoryBlocks:
         return ("bignmf-memory-blocks", self._id)
 
 
-def _aht_step(A_i, before, i, c0: int, c1: int, Ht_r: np.ndarray, work):
-    """Pass 1, one range: ``A_i·Hᵀ`` summed so far plus ``A_i[:, c0:c1]·H_rᵀ`` (a new array:
-    a rerun task must find its input unchanged)."""
-    piece = a_ht(A_i[:, c0:c1], Ht_r)
+def _product_step(A_i, before, i, c0: int, c1: int, X_r: np.ndarray, work):
+    """One range of ``A_i·X``: the sum so far plus ``A_i[:, c0:c1]·X_r`` (a new array: a rerun
+    task must find its input unchanged)."""
+    piece = a_ht(A_i[:, c0:c1], X_r)
     return None, (piece if before is None else before + piece)
 
 
@@ -141,7 +143,7 @@ def _w_step(A_i, W_i, i, aht: WIO, HHt: np.ndarray, plan: Pass, work):
 
 
 def _atw_step(A_i, W_i, i, c0: int, c1: int, with_gram: bool, work):
-    """Pass 2, one range: ``A_i[:, c0:c1]ᵀ·W_i`` (and ``W_iᵀW_i`` for the first range)."""
+    """One range of ``AᵀW``: ``A_i[:, c0:c1]ᵀ·W_i`` (and ``W_iᵀW_i`` for the first range)."""
     partial = {"AtW": np.zeros((c1 - c0, W_i.shape[1]), dtype=W_i.dtype)}
     accumulate_at_w(A_i[:, c0:c1], W_i, partial["AtW"])
     if with_gram:
@@ -149,67 +151,84 @@ def _atw_step(A_i, W_i, i, c0: int, c1: int, with_gram: bool, work):
     return partial, None
 
 
-@dataclass(frozen=True)
 class TwoPasses:
-    """Runs two-pass iterations: each is a short sequence of graphs, one column range each.
+    """Products with A over H's column ranges, and the two-pass iteration built from them.
 
-    One graph per range (instead of one graph per iteration) keeps a worker from holding more
-    than a range of H or of ``AᵀW`` at a time; every graph reads only stored inputs (A, the
-    buffers of W and of the running ``A·Hᵀ``) and H's range, so a lost worker's tasks are
-    rerun from them.
+    Each range is one graph (instead of one graph per iteration), which keeps a worker from
+    holding more than a range of H or of ``AᵀW`` at a time; every graph reads only stored
+    inputs (A, block buffers of W and of running sums) and the range's factor, so a lost
+    worker's tasks are rerun from them.
 
     Parameters
     ----------
     ranges : ColumnRanges
-    aht : ZarrBlocks or MemoryBlocks
-        Two buffers for the running sums of ``A·Hᵀ`` (Zarr on a distributed scheduler).
+    row_offsets : array of int
+        A's row blocks.
+    workdir : path or None
+        Where block buffers go as Zarr (on a distributed scheduler, storage every worker
+        reaches); None keeps them in this process (local schedulers).
     """
 
-    ranges: ColumnRanges
-    aht: Any
+    def __init__(self, ranges: ColumnRanges, row_offsets: np.ndarray, workdir: str | None):
+        self.ranges = ranges
+        self.row_offsets = row_offsets
+        self.workdir = workdir
+        self._buffers: dict[str, Any] = {}
+
+    def buffers(self, name: str, k: int, dtype) -> Any:
+        """Two buffers of ``m_i × k`` blocks called ``name`` (made once)."""
+        if name not in self._buffers:
+            if self.workdir is None:
+                self._buffers[name] = MemoryBlocks()
+            else:
+                path = os.path.join(self.workdir, f"{name}-buffers.zarr")
+                self._buffers[name] = ZarrBlocks(path, self.row_offsets, k, dtype).create()
+        return self._buffers[name]
+
+    def product(self, runner, matrix, groups, X: np.ndarray, out: Any, split_every=8) -> WIO:
+        """``A_i·X`` for every block, summed over the ranges into ``out``; where to read it.
+
+        ``X`` (n × l) is sent one range at a time; ``groups`` are the fat tasks' blocks.
+        """
+        tag = uuid.uuid4().hex  # X changes every call: name its ranges instead of hashing them
+        for r, (c0, c1) in enumerate(self.ranges.ranges):
+            X_r = runner.share(np.ascontiguousarray(X[c0:c1]), f"bignmf-range-{tag}-{r}")
+            io = WIO(out, None if r == 0 else (r - 1) % 2, r % 2)
+            new, _ = block_pass(matrix, groups, _product_step, (c0, c1, X_r), None, io,
+                                split_every=split_every)  # fmt: skip
+            runner.compute(*new)
+        return WIO(out, (len(self.ranges) - 1) % 2, None)
+
+    def transposed(self, runner, matrix, groups, step, w_groups, wio: WIO, split_every=8):
+        """Per range r, the sums over blocks of ``step(A_i, W_i, i, c0, c1, r == 0, work)``
+        (a list of dicts, in range order); ``W_i`` as ``w_groups``/``wio`` say."""
+        parts = []
+        for r, (c0, c1) in enumerate(self.ranges.ranges):
+            _, total = block_pass(matrix, groups, step, (c0, c1, r == 0), w_groups, wio,
+                                  split_every=split_every)  # fmt: skip
+            parts.extend(runner.compute(total))
+        return parts
 
     def step(self, state, Ht: np.ndarray, HHt: np.ndarray) -> dict:
         """One iteration of ``state`` (a :class:`~bignmf.driver.FitState`); returns the
         reduced accumulator and leaves W's new blocks where ``state`` keeps them."""
-        self._pass_one(state, Ht)
-        self._update_w(state, HHt)
-        return assemble(self._pass_two(state), Ht)
-
-    def _pass_one(self, state, Ht: np.ndarray) -> None:
-        tag = uuid.uuid4().hex  # H changes every iteration: name its ranges, don't hash them
-        for r, (c0, c1) in enumerate(self.ranges.ranges):
-            ht = state.runner.share(Ht[c0:c1], f"bignmf-ht-{tag}-{r}")
-            io = WIO(self.aht, None if r == 0 else (r - 1) % 2, r % 2)
-            new, _ = block_pass(
-                state.matrix, state.plan.groups, _aht_step, (c0, c1, ht), None, io,
-                split_every=state.plan.split_every,
-            )  # fmt: skip
-            state.runner.compute(*new)
-
-    def _update_w(self, state, HHt: np.ndarray) -> None:
-        aht = WIO(self.aht, (len(self.ranges) - 1) % 2, None)
+        runner, matrix, plan = state.runner, state.matrix, state.plan
+        buffers = self.buffers("AHt", Ht.shape[1], Ht.dtype)
+        aht = self.product(runner, matrix, plan.groups, Ht, buffers, plan.split_every)
         parity = state.iteration % 2
-        wio = WIO(state.w_store, parity, 1 - parity)
         new_w, _ = block_pass(
-            state.matrix, state.plan.groups, _w_step, (aht, HHt, state.plan), state.w_groups,
-            wio, reads_a=False, split_every=state.plan.split_every,
+            matrix, plan.groups, _w_step, (aht, HHt, plan), state.w_groups,
+            WIO(state.w_store, parity, 1 - parity), reads_a=False, split_every=plan.split_every,
         )  # fmt: skip
         if state.w_store is None:
-            state.w_groups = list(state.runner.persist(*new_w))
+            state.w_groups = list(runner.persist(*new_w))
+            new = WIO(None, 0, None)
         else:
-            state.runner.compute(*new_w)
-
-    def _pass_two(self, state) -> list[dict]:
-        parity = (state.iteration + 1) % 2  # W's new blocks
-        wio = WIO(state.w_store, parity if state.w_store is not None else 0, None)
-        parts = []
-        for r, (c0, c1) in enumerate(self.ranges.ranges):
-            _, total = block_pass(
-                state.matrix, state.plan.groups, _atw_step, (c0, c1, r == 0), state.w_groups,
-                wio, split_every=state.plan.split_every,
-            )  # fmt: skip
-            parts.extend(state.runner.compute(total))
-        return parts
+            runner.compute(*new_w)
+            new = WIO(state.w_store, 1 - parity, None)
+        parts = self.transposed(runner, matrix, plan.groups, _atw_step, state.w_groups, new,
+                                plan.split_every)  # fmt: skip
+        return assemble(parts, Ht)
 
 
 def assemble(parts: list[dict], Ht: np.ndarray) -> dict:

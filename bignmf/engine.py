@@ -190,7 +190,7 @@ def nmf(
         seed=None if resume is not None else _seed(random_state), alpha_W=alpha_W,
         alpha_H=alpha_H, l1_ratio=l1_ratio, n_inner=n_inner,
         column_chunks=_column_chunks(
-            column_chunks, matrix, n_components, beta_loss, scheduler, n_tasks, resume
+            column_chunks, matrix, n_components, beta_loss, init, scheduler, n_tasks, resume
         ),
     )  # fmt: skip
     options = {"max_iter": int(max_iter), "tol": float(tol), "w_storage": w_storage,
@@ -214,11 +214,8 @@ def nmf(
                      np.zeros((k, n), matrix.dtype))  # fmt: skip
     if settings["column_chunks"] > 1:
         ranges = columns.ColumnRanges.split(n, settings["column_chunks"])
-        aht = columns.MemoryBlocks() if w_store is None else ZarrBlocks(
-            os.path.join(os.path.dirname(w_store.path), WORK_AHT), matrix.row_offsets, k,
-            matrix.dtype,
-        ).create()  # fmt: skip
-        state.two_passes = columns.TwoPasses(ranges, aht)
+        workdir = None if w_store is None else os.path.dirname(w_store.path)
+        state.two_passes = columns.TwoPasses(ranges, matrix.row_offsets, workdir)
     # one BLAS thread here too: on a cluster the driver's H update otherwise competes with the
     # workers for cores (measured 0.01 s quiet, 0.06-0.23 s under load)
     with threadpool_limits(limits=1), placement(runner.workers):
@@ -281,9 +278,9 @@ def _settings(matrix, n_components, **values) -> dict:
     }
 
 
-def _column_chunks(requested, matrix, k, beta_loss, scheduler, n_tasks, resume) -> int:
+def _column_chunks(requested, matrix, k, beta_loss, init, scheduler, n_tasks, resume) -> int:
     """The user's ``column_chunks``, the resumed run's, or the fewest that fit a task."""
-    n = matrix.shape[1]
+    (m, n), k = matrix.shape, int(k)
     if requested is not None:
         columns.ColumnRanges.split(n, int(requested))  # validates the range
         return int(requested)
@@ -292,13 +289,16 @@ def _column_chunks(requested, matrix, k, beta_loss, scheduler, n_tasks, resume) 
     if beta_loss_to_float(beta_loss) != 2.0:
         return 1
     blocks_per_task = -(-matrix.n_blocks // max(n_tasks, 1))
-    return columns.choose_column_chunks(
-        n, int(k), matrix.dtype.itemsize, blocks_per_task, task_memory_bytes(scheduler)
-    )
+    memory = task_memory_bytes(scheduler)
+    chunks = columns.choose_column_chunks(n, k, matrix.dtype.itemsize, blocks_per_task, memory)
+    if (init or ("nndsvda" if k <= min(m, n) else "random")).startswith("nndsvd"):
+        # the randomized SVD's sketches are n × (k + 10), in float64, and cut like H
+        sketch = columns.choose_column_chunks(n, k + 10, 8, blocks_per_task, memory)
+        chunks = max(chunks, sketch)
+    return chunks
 
 
 WORK_W = "W-buffers.zarr"  # W between iterations when kept on disk
-WORK_AHT = "AHt-buffers.zarr"  # two passes: running sums of A·Hᵀ over H's column ranges
 _MAY_CHANGE_ON_RESUME = ("seed", "init")  # only used before the first checkpoint, from the record
 
 
@@ -368,7 +368,8 @@ def _initialize(state: FitState, settings: dict, W, H) -> None:
     elif init == "random":
         w_groups, state.H = random_init(matrix, groups, spec, state.w_store)
     else:
-        w_groups, state.H = nndsvd_init(matrix, groups, spec, init, state.runner, state.w_store)
+        w_groups, state.H = nndsvd_init(matrix, groups, spec, init, state.runner, state.w_store,
+                                        state.two_passes)  # fmt: skip
     if state.w_store is None:
         state.w_groups = list(state.runner.persist(*w_groups))
     else:  # the tasks wrote W into its Zarr buffer 0

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .graph import WIO, block_pass
+from .kernels.products import accumulate_at_w
 
 INITS = ("random", "custom", "nndsvd", "nndsvda", "nndsvdar")
 EPS = np.finfo(np.float32).eps
@@ -94,10 +95,33 @@ def _orthonormalizer(G: np.ndarray) -> np.ndarray:
     return vectors / np.sqrt(np.maximum(values, floor))
 
 
-def randomized_range(matrix, groups, k: int, seed: int, runner, n_oversamples=10, n_iter=None):
+def _ranged_sketch_step(A_i, Y_i, i, c0: int, c1: int, first: bool, work):
+    """One column range of ``AᵀY`` from the stored ``Y_i`` (and ``YᵀY`` with the first)."""
+    partial = {"AtY": accumulate_at_w(A_i[:, c0:c1], Y_i, np.zeros((c1 - c0, Y_i.shape[1])))}
+    if first:
+        partial["G"] = Y_i.T @ Y_i
+    return partial, None
+
+
+def _sketch(matrix, groups, Z: np.ndarray, runner, ranges) -> tuple[dict, WIO | None]:
+    """``YᵀY`` and ``AᵀY`` for ``Y = A·Z``, in one pass or (``ranges``: a
+    :class:`~bignmf.columns.TwoPasses`) over Z's row ranges, keeping Y's blocks; where Y is."""
+    if ranges is None:
+        _, total = block_pass(matrix, groups, _sketch_step, (Z,))
+        return runner.compute(total)[0], None
+    Y = ranges.product(runner, matrix, groups, Z, ranges.buffers("Y", Z.shape[1], Z.dtype))
+    parts = ranges.transposed(runner, matrix, groups, _ranged_sketch_step, None, Y)
+    return {"G": parts[0]["G"], "AtY": np.concatenate([p["AtY"] for p in parts])}, Y
+
+
+def randomized_range(
+    matrix, groups, k: int, seed: int, runner, n_oversamples=10, n_iter=None, ranges=None
+):
     """Sketch ``Z`` and orthonormaliser ``M`` with ``Q = A·Z·M`` spanning A's top singular space.
 
-    Returns ``(Z, M, B)`` where ``B = QᵀA`` (l×n). Each of the ``n_iter + 1`` passes reads A once.
+    Returns ``(Z, M, B, Y)`` where ``B = QᵀA`` (l×n) and ``Y`` says where the blocks of ``A·Z``
+    were kept (None: not kept). Each of the ``n_iter + 1`` passes reads A once, or twice per
+    column range when ``ranges`` (a :class:`~bignmf.columns.TwoPasses`) cuts Z into ranges.
     """
     m, n = matrix.shape
     l = min(k + n_oversamples, m, n)  # noqa: E741 - Halko et al.'s name
@@ -105,12 +129,11 @@ def randomized_range(matrix, groups, k: int, seed: int, runner, n_oversamples=10
         n_iter = 7 if k < 0.1 * min(m, n) else 4
     Z = np.random.default_rng([seed, 2]).standard_normal((n, l))
     for step in range(n_iter + 1):
-        _, total = block_pass(matrix, groups, _sketch_step, (Z,))
-        (sums,) = runner.compute(total)
+        sums, Y = _sketch(matrix, groups, Z, runner, ranges)
         M = _orthonormalizer(sums["G"])
         AtQ = sums["AtY"] @ M  # = Aᵀ·Q, Q = Y·M orthonormal
         if step == n_iter:
-            return Z, M, AtQ.T
+            return Z, M, AtQ.T, Y
         Z, _ = np.linalg.qr(AtQ)
     raise AssertionError("unreachable")
 
@@ -124,7 +147,15 @@ def _left_vectors_step(A_i, W_i, i, Z, P, dtype, work):
     The norms come from the float64 U; U itself is kept in the factors' dtype, as W's Zarr
     buffers store it, so W does not depend on where it is kept.
     """
-    U = np.asarray(A_i @ Z) @ P
+    return _left_vectors(np.asarray(A_i @ Z) @ P, dtype)
+
+
+def _left_vectors_from_y_step(A_i, W_i, i, Y: WIO, P, dtype, work):
+    """``U_i = Y_i·P`` from the stored blocks of ``Y = A·Z`` (see :func:`_left_vectors_step`)."""
+    return _left_vectors(Y.store.read(Y.read, i) @ P, dtype)
+
+
+def _left_vectors(U: np.ndarray, dtype):
     pos, neg = np.maximum(U, 0), np.minimum(U, 0)
     norms = {"pos": np.einsum("ij,ij->j", pos, pos), "neg": np.einsum("ij,ij->j", neg, neg)}
     return norms, U.astype(dtype, copy=False)
@@ -155,21 +186,27 @@ def _nndsvd_step(A_i, U_i, i, cols: NNDSVDColumns, spec: InitSpec, work):
     return None, W.astype(spec.dtype)
 
 
-def nndsvd_init(matrix, groups, spec: InitSpec, variant: str, runner, w_store=None):
+def nndsvd_init(matrix, groups, spec: InitSpec, variant: str, runner, w_store=None, ranges=None):
     """NNDSVD ('nndsvd'), zeros filled with mean(A) ('nndsvda') or small noise ('nndsvdar').
 
     Follows scikit-learn's ``_initialize_nmf`` on the out-of-core randomized SVD: W's column
     ``j`` is the positive or negative part of ``u_j`` (whichever carries more of
-    ``σ_j·u_j·v_jᵀ``) scaled, H's row likewise from ``v_j``.
+    ``σ_j·u_j·v_jᵀ``) scaled, H's row likewise from ``v_j``. With ``ranges`` (a
+    :class:`~bignmf.columns.TwoPasses`, for very wide matrices) the n×l sketches are cut into
+    its column ranges like H in the iterations.
     """
     m, n = matrix.shape
     k = spec.k
-    Z, M, B = randomized_range(matrix, groups, k, spec.seed, runner)
+    Z, M, B, Y = randomized_range(matrix, groups, k, spec.seed, runner, ranges=ranges)
     Ub, S, Vt = np.linalg.svd(B, full_matrices=False)
     Ub, S, Vt = Ub[:, :k], S[:k], Vt[:k]
     P = M @ Ub  # U = A·Z·P; signs need no flipping: NNDSVD is invariant to (u, v) -> (-u, -v)
-    u_groups, total = block_pass(matrix, groups, _left_vectors_step, (Z, P, spec.dtype), None,
-                                 WIO(w_store, None, 1))  # fmt: skip
+    if Y is None:
+        step, args, reads_a = _left_vectors_step, (Z, P, spec.dtype), True
+    else:
+        step, args, reads_a = _left_vectors_from_y_step, (Y, P, spec.dtype), False
+    u_groups, total = block_pass(matrix, groups, step, args, None, WIO(w_store, None, 1),
+                                 reads_a=reads_a)  # fmt: skip
     if w_store is None:  # keep U's blocks for the next pass instead of recomputing them
         *u_groups, total = runner.persist(*u_groups, total)
     else:  # U went to buffer 1 when the pass ran; the next pass reads it from there

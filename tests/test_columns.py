@@ -127,3 +127,32 @@ def test_workers_hold_only_a_range_of_h(tmp_path):
     # each task holds n/32 × k of H and its sums (~4 MB each) plus a block of A
     print("worker peak RSS growth", grown, "fused task needs", fused_need)
     assert max(grown) < fused_need / 4, (grown, fused_need)
+
+
+@pytest.mark.parametrize("w_storage", ["memory", "zarr"])
+def test_nndsvd_over_column_ranges_matches_sklearn(tmp_path, w_storage):
+    from sklearn.decomposition._nmf import _initialize_nmf
+
+    from bignmf.synthetic import planted_source
+
+    source = planted_source(2000, 300, 5, nnz_per_row=30, seed=1, dtype=np.float64)
+    A = sp.vstack(list(source.blocks()), format="csr")
+    W_sk, H_sk = _initialize_nmf(A, 5, init="nndsvda", random_state=0)
+    store = store_of(A, tmp_path / "a.zarr", block_rows=150)
+    result = nmf(store, 5, init="nndsvda", max_iter=0, w_storage=w_storage, column_chunks=4,
+                 workdir=tmp_path / "w")  # fmt: skip
+    np.testing.assert_allclose(result.H, H_sk, rtol=1e-6, atol=1e-7 * H_sk.max())
+    np.testing.assert_allclose(np.asarray(result.W), W_sk, rtol=1e-6, atol=1e-7 * W_sk.max())
+
+
+def test_the_nndsvd_sketch_counts_in_the_automatic_choice(tmp_path, monkeypatch):
+    A, _, _ = text_like(m=300, n=400, seed=5)
+    # room for H's share (k = 4 float64 columns) but not for the sketch's (k + 10 columns)
+    monkeypatch.setattr(bignmf.engine, "task_memory_bytes", lambda scheduler: 4 * 400 * 8 * 8 * 6)
+    chosen = {}
+    for init in ("random", "nndsvda"):
+        nmf(A, K, init=init, max_iter=1, checkpoint_dir=tmp_path / init, block_nnz=2000)
+        record = json.loads((tmp_path / init / "run.json").read_text())
+        chosen[init] = record["settings"]["column_chunks"]
+    assert chosen["random"] == 1
+    assert chosen["nndsvda"] > 1
