@@ -241,12 +241,25 @@ def _group_hosts(matrix, groups, reads_a: bool) -> list[str | None]:
     return list(assign_groups(_group_weights(matrix, groups, reads_a), workers))
 
 
+def _stack_of(part):
+    """A partial-sum stack, or a group task's whole ``(W blocks, stack)`` output: taking the
+    tuple saves the scheduler a ``getitem`` task per group on the iteration's critical path."""
+    return part[1] if isinstance(part, tuple) else part
+
+
 def _merge_task(stacks):
-    return merge_stacks([s for s in stacks if s], _copying_combine)
+    return merge_stacks([s for s in map(_stack_of, stacks) if s], _copying_combine)
 
 
 def _fold_task(stack):
     return fold_stack(stack, _copying_combine) if stack else None
+
+
+def _merge_fold_task(stacks):
+    """The top of the tree: merge the last stacks and fold them, in one task (one scheduler
+    round trip fewer). Merging consecutive aligned stacks in any grouping gives the same nodes,
+    so the sum is the one the separate merge and fold tasks gave."""
+    return _fold_task(_merge_task(stacks))
 
 
 def block_pass(
@@ -304,11 +317,12 @@ def block_pass(
                 task(matrix, start, stop, None if w_groups is None else w_groups[g], wio, step,
                      args, reads_a)
             )  # fmt: skip
-    stacks = [stack for _, stack in outputs]
+    keeps_w = wio.write is not None and wio.store is None
+    stacks = [stack for _, stack in outputs] if keeps_w else outputs
     merge = dask.delayed(_merge_task, pure=True)
-    while len(stacks) > 1:
+    while len(stacks) > split_every:
         stacks = [merge(stacks[i : i + split_every]) for i in range(0, len(stacks), split_every)]
-    total = dask.delayed(_fold_task, pure=True)(stacks[0])
+    total = dask.delayed(_merge_fold_task, pure=True)(stacks)
     new_w = [blocks for blocks, _ in outputs] if wio.write is not None else None
     return new_w, total
 
