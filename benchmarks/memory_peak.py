@@ -421,6 +421,12 @@ def plot(result: dict, out: Path) -> Path | None:
     ):
         if any(r[key] for r in rows):  # no worker line without worker processes
             ax.plot(size, [r[key] / MiB for r in rows], marker="o", label=label)
+    big = result.get("largest")
+    if big:  # another shape: one point, marked apart
+        x = big["matrix"]["bytes_uncompressed"] / MiB
+        label = f"whole tree, --largest ({big['matrix']['nnz']:,} nnz)"
+        ax.plot(x, big["tree_peak"] / MiB, "*", ms=12, color="C0", label=label)
+        size = np.append(size, x)
     ax.plot(size, size, color="k", ls=":", lw=1, label="the matrix (uncompressed)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)

@@ -261,7 +261,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     profile = parser.add_mutually_exclusive_group()
     profile.add_argument("--quick", action="store_true", help="small matrices, < 5 minutes")
     profile.add_argument("--smoke", action="store_true", help="tiny matrices: plumbing only")
-    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated: {PARTS}")
+    parser.add_argument(
+        "--parts", default=",".join(PARTS), help="comma-separated, of: " + ",".join(PARTS)
+    )
     parser.add_argument(
         "--largest", action="store_true", help="memory: also a matrix larger than RAM (long)"
     )
