@@ -156,3 +156,23 @@ def test_the_nndsvd_sketch_counts_in_the_automatic_choice(tmp_path, monkeypatch)
         chosen[init] = record["settings"]["column_chunks"]
     assert chosen["random"] == 1
     assert chosen["nndsvda"] > 1
+
+
+def test_graphs_do_not_grow(monkeypatch):
+    import bignmf.columns
+
+    sizes: list[int] = []
+    real = bignmf.columns.block_pass
+
+    def recording(*args, **kwargs):
+        new_w, total = real(*args, **kwargs)
+        graphs = [total, *(new_w or [])]
+        sizes.append(sum(len(dict(g.__dask_graph__())) for g in graphs if g is not None))
+        return new_w, total
+
+    monkeypatch.setattr(bignmf.columns, "block_pass", recording)
+    A, _, _ = text_like(seed=10)
+    _fit(A, max_iter=20, column_chunks=3, block_nnz=300, n_tasks=4)
+    per_iteration = len(sizes) // 20
+    assert per_iteration == 3 + 1 + 3  # a product per range, the W update, AᵀW per range
+    assert sum(sizes[-per_iteration:]) <= sum(sizes[per_iteration : 2 * per_iteration])
