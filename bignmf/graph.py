@@ -125,7 +125,10 @@ _SCRATCH_MATRICES = 4
 
 def _scratch_key(matrix) -> Any:
     token = getattr(matrix, "__dask_tokenize__", None)
-    key = (type(matrix).__qualname__, token()) if token is not None else None
+    if token is None:
+        return None
+    # buffers are sized by the row blocks, which a store's token does not name
+    key = (type(matrix).__qualname__, token(), np.asarray(matrix.row_offsets).tobytes())
     try:
         hash(key)
     except TypeError:
