@@ -45,16 +45,21 @@ MiB = 2**20
 GiB = 2**30
 MULTIPLES = (1, 2, 4, 8)
 # ``bignmf fit`` as the ``bignmf`` command runs it (``bignmf.cli.main``), which then writes its
-# own peak RSS (ru_maxrss: this process only, not its children) for ``run_sampled``: sampling
-# alone would miss whatever the driver reaches after the last sample.
+# own peak RSS for ``run_sampled``: sampling alone would miss whatever the driver reaches after
+# the last sample. VmHWM, not ru_maxrss: on Linux a process started by vfork + exec (as
+# subprocess does) inherits its parent's high-water mark into ru_maxrss, so a large parent would
+# show as a large driver; VmHWM belongs to the process's own address space.
 FIT = """
 import os, resource, sys
 from bignmf.cli import main
 try:
     code = main(sys.argv[1:])
 finally:
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    try:
+        with open("/proc/self/status") as f:
+            peak = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
+    except OSError:  # no /proc: ru_maxrss, in bytes on macOS
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with open(os.environ["BIGNMF_BENCH_PEAK"], "w") as f:
         f.write(str(peak))
 sys.exit(code)
