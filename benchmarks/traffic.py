@@ -12,8 +12,9 @@ distributed scheduler) and a callback snapshots every process's counters after e
 
 Reported per iteration (median of the iterations after the first, which opens connections):
 
-- bytes by route: client→scheduler (the pickled graph, with H in it), scheduler→client (the
-  reduced partial sums relayed), scheduler↔workers, worker↔worker, worker↔client;
+- bytes by route: client→scheduler (the graph, and H scattered through the scheduler by a
+  default client), scheduler→client (the reduced partial sums relayed), scheduler↔workers,
+  worker↔worker, client↔worker (H scattered and the result, with ``direct_to_workers``);
 - which keys crossed between workers (from the workers' ``transfer_outgoing_log``);
 - what each worker read from and wrote to files (``/proc/<pid>/io``: ``rchar``/``wchar``,
   which do not count sockets), against A's store on disk and W;
@@ -434,8 +435,12 @@ def report(store, args: argparse.Namespace, results: dict[str, dict]) -> str:
     lines += ["", "Keys sent worker→worker per iteration (count): " + "; ".join(
         f"{label}: " + ", ".join(f"{k} ×{v:g}" for k, v in sorted(r["crossed"].items()))
         for label, r in results.items())]  # fmt: skip
-    graph = [r["routes"].get("client→scheduler", 0) - t["HState"] for r in results.values()]
-    lines.append("client→scheduler besides HState (the rest of the graph): "
+    # H leaves the client once, scattered: through the scheduler (default client) or not
+    graph = [
+        r["routes"].get("client→scheduler", 0) + r["routes"].get("client→worker", 0) - t["HState"]
+        for r in results.values()
+    ]
+    lines.append("sent by the client besides H (the graph): "
                  + "; ".join(f"{v / 1e3:.1f} kB" for v in graph) + ".")  # fmt: skip
     foreign = ", ".join(sorted({k for r in results.values() for k in r["crossed"]} - EXPECTED_KEYS))
     lines.append("Keys between workers other than H (HState), the plan (Pass) and partial sums "

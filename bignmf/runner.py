@@ -27,12 +27,17 @@ class Runner:
         return dask.persist(*collections, **self._options())
 
     def share(self, value: Any, name: str):
-        """``value`` as a graph input named ``name``: sent straight to a worker on a
-        distributed scheduler (not through the scheduler inside the graph), else a Delayed."""
+        """``value`` as a graph input named ``name``: on a distributed scheduler scattered to
+        every worker (not put in the graph), else a Delayed. Keep the result referenced until
+        the graphs using it are computed.
+
+        Every worker gets a copy because scattered data cannot be recomputed: with one copy,
+        losing the worker that holds it would fail the iteration instead of rerunning tasks.
+        """
         client = client_of(self.scheduler)
         if client is None:
             return dask.delayed(value, name=name)
-        return client.scatter(value, hash=False)
+        return client.scatter(value, hash=False, broadcast=True)
 
     def workers(self) -> dict[str, int] | None:
         """Threads of each worker of a distributed scheduler (None on a local one)."""
