@@ -243,7 +243,8 @@ def report(head: dict, sections: dict[str, dict]) -> str:
     ]
     for part in head["parts"]:
         s = sections[part]
-        lines += ["", f"## {TITLES[part]}", "", f"*{s['seconds']:.0f} s*", ""]
+        together = " (with " + ", ".join(s["together"]) + ")" if s.get("together") else ""
+        lines += ["", f"## {TITLES[part]}", "", f"*{s['seconds']:.0f} s{together}*", ""]
         lines.append(s["markdown"] if s.get("markdown") else f"**Failed:**\n\n```\n{s['error']}```")
         lines += [f"\n![{part}]({Path(p).name})" for p in s.get("plots", [])]
     return "\n".join(lines) + "\n"
@@ -311,8 +312,9 @@ def run_parts(ctx: argparse.Namespace) -> dict[str, dict]:
                 sections[part] = {"seconds": seconds, "error": error, "plots": []}
                 continue
             text, result, plots = value
-            sections[part] = {"seconds": seconds, "markdown": text, "result": result,
-                              "plots": [str(p) for p in plots if p]}  # fmt: skip
+            together = [p for p in covers if p != part]  # one engine run serves both parts
+            sections[part] = {"seconds": seconds, "together": together, "markdown": text,
+                              "result": result, "plots": [str(p) for p in plots if p]}  # fmt: skip
     return sections
 
 
