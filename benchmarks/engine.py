@@ -457,6 +457,16 @@ def timing_parts(args: argparse.Namespace, parts: set[str]) -> dict:
     }
 
 
+def save_png(fig, path: Path) -> Path:
+    """Write a matplotlib figure as a PNG (making its folder) and close it."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
@@ -747,10 +757,7 @@ def plot_curves(curves: list[Curve], L_cd: float, args) -> str | None:
         "matrix, 2 cores (dash: scikit-learn; dash-dot: bignmf with smaller blocks)"
     )
     fig.tight_layout()
-    out = Path(args.out) / "engine_sklearn.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    out = save_png(fig, Path(args.out) / "engine_sklearn.png")
     if not args.quick:
         shutil.copy(out, Path(__file__).resolve().parent / "engine_sklearn.png")
     return str(out)

@@ -445,11 +445,7 @@ def plot(result: dict, out: Path) -> Path | None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "memory.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return engine.save_png(fig, out / "memory.png")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -240,11 +240,7 @@ def plot(result: dict, out: Path) -> Path | None:
     ax2.set_ylabel("seconds per iteration")
     ax2.set_title(f"{ws['matrix']['nnz']:,} nnz: speed-up {ws['speedup']:.2f}×")
     fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "scaling.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return engine.save_png(fig, out / "scaling.png")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

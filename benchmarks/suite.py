@@ -131,7 +131,7 @@ def roofline_plot(result: dict, out: Path) -> Path | None:
     ax.set_title(f"{mx['shape'][0]:,} × {mx['shape'][1]:,}, {mx['nnz']:,} nnz, k={result['k']}")
     ax.legend()
     fig.tight_layout()
-    return _save(fig, plt, out / "roofline.png")
+    return engine.save_png(fig, out / "roofline.png")
 
 
 def memory_part(ctx: argparse.Namespace) -> tuple:
@@ -170,13 +170,6 @@ def _pyplot():
     except ImportError:  # matplotlib is the optional 'plots' extra: tables only
         return None
     return plt
-
-
-def _save(fig, plt, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
