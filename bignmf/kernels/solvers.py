@@ -457,6 +457,16 @@ class Solver:
             raise ValueError(f"HHt must have shape ({k}, {k}), got {HHt.shape}")
         return HHt
 
+    def _update_w_frobenius(self, A_i, W_i, Ht, HHt, params, acc, work):
+        """``update_w_block`` for β = 2: W's new rows from ``A_i·Hᵀ``, then the partial sums."""
+        A_i, W_i, Ht, dtype = self._prepare_block(A_i, W_i, Ht, params)
+        m, k = W_i.shape
+        HHt = self._check_hht(HHt, k)
+        aht = a_ht(A_i, Ht, out=scratch(work, "aht", (m, k), dtype))
+        W_new = self._w_from_aht(W_i, aht, HHt, params)
+        self._accumulate_frobenius(A_i, W_new, aht, acc)
+        return W_new
+
     @staticmethod
     def _accumulate_frobenius(A_i, W_new, aht, acc):
         accumulate_at_w(A_i, W_new, acc["AtW"])
@@ -484,13 +494,7 @@ class HALSSolver(Solver):
     name: ClassVar[str] = "hals"
 
     def update_w_block(self, A_i, W_i, H, Ht, HHt, params, acc, work=None):
-        A_i, W_i, Ht, dtype = self._prepare_block(A_i, W_i, Ht, params)
-        m, k = W_i.shape
-        HHt = self._check_hht(HHt, k)
-        aht = a_ht(A_i, Ht, out=scratch(work, "aht", (m, k), dtype))
-        W_new = self._w_from_aht(W_i, aht, HHt, params)
-        self._accumulate_frobenius(A_i, W_new, aht, acc)
-        return W_new
+        return self._update_w_frobenius(A_i, W_i, Ht, HHt, params, acc, work)
 
     def _w_from_aht(self, W_i, aht, HHt, params):
         W_new = W_i.copy()
@@ -523,13 +527,7 @@ class BPPSolver(Solver):
     name: ClassVar[str] = "bpp"
 
     def update_w_block(self, A_i, W_i, H, Ht, HHt, params, acc, work=None):
-        A_i, W_i, Ht, dtype = self._prepare_block(A_i, W_i, Ht, params)
-        m, k = W_i.shape
-        HHt = self._check_hht(HHt, k)
-        aht = a_ht(A_i, Ht, out=scratch(work, "aht", (m, k), dtype))
-        W_new = self._w_from_aht(W_i, aht, HHt, params)
-        self._accumulate_frobenius(A_i, W_new, aht, acc)
-        return W_new
+        return self._update_w_frobenius(A_i, W_i, Ht, HHt, params, acc, work)
 
     def _w_from_aht(self, W_i, aht, HHt, params):
         X = nnls_bpp(HHt, aht.T, l1=params.l1_W, l2=params.l2_W, init=W_i.T)
@@ -552,15 +550,11 @@ class MUSolver(Solver):
         return None
 
     def update_w_block(self, A_i, W_i, H, Ht, HHt, params, acc, work=None):
+        if params.beta_loss == 2:
+            return self._update_w_frobenius(A_i, W_i, Ht, HHt, params, acc, work)
         A_i, W_i, Ht, dtype = self._prepare_block(A_i, W_i, Ht, params)
-        m, k = W_i.shape
+        k = W_i.shape[1]
         beta = params.beta_loss
-        if beta == 2:
-            HHt = self._check_hht(HHt, k)
-            aht = a_ht(A_i, Ht, out=scratch(work, "aht", (m, k), dtype))
-            W_new = self._w_from_aht(W_i, aht, HHt, params)
-            self._accumulate_frobenius(A_i, W_new, aht, acc)
-            return W_new
 
         # row sums of H as scikit-learn computes them (H.sum(axis=1)) when H is given
         H_sum = H.sum(axis=1) if H is not None else Ht.sum(axis=0)
