@@ -11,6 +11,7 @@ memory, or in buffer 0 of the Zarr blocks) and H in the driver. NNDSVD (Boutsidi
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,7 +108,8 @@ def _sketch(matrix, groups, Z: np.ndarray, runner, ranges) -> tuple[dict, WIO | 
     """``YᵀY`` and ``AᵀY`` for ``Y = A·Z``, in one pass or (``ranges``: a
     :class:`~bignmf.columns.TwoPasses`) over Z's row ranges, keeping Y's blocks; where Y is."""
     if ranges is None:
-        _, total = block_pass(matrix, groups, _sketch_step, (Z,))
+        z = runner.share(Z, f"bignmf-sketch-{uuid.uuid4().hex}")  # n×l: kept out of the graph
+        _, total = block_pass(matrix, groups, _sketch_step, (z,))
         return runner.compute(total)[0], None
     Y = ranges.product(runner, matrix, groups, Z, ranges.buffers("Y", Z.shape[1], Z.dtype))
     parts = ranges.transposed(runner, matrix, groups, _ranged_sketch_step, None, Y)
@@ -202,7 +204,8 @@ def nndsvd_init(matrix, groups, spec: InitSpec, variant: str, runner, w_store=No
     Ub, S, Vt = Ub[:, :k], S[:k], Vt[:k]
     P = M @ Ub  # U = A·Z·P; signs need no flipping: NNDSVD is invariant to (u, v) -> (-u, -v)
     if Y is None:
-        step, args, reads_a = _left_vectors_step, (Z, P, spec.dtype), True
+        z = runner.share(Z, f"bignmf-sketch-{uuid.uuid4().hex}")
+        step, args, reads_a = _left_vectors_step, (z, P, spec.dtype), True
     else:
         step, args, reads_a = _left_vectors_from_y_step, (Y, P, spec.dtype), False
     u_groups, total = block_pass(matrix, groups, step, args, None, WIO(w_store, None, 1),
