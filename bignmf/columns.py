@@ -2,19 +2,21 @@
 
 The fused pass (:mod:`bignmf.graph`) gives every task Hᵀ (n×k) and ``log2(blocks per task)+1``
 partial sums of ``AᵀW`` (n×k each). When n is too large for that, the columns are cut into R
-ranges and one iteration makes two passes over A's row blocks, each task handling one group of
-row blocks and one column range ``r``:
+ranges and one iteration becomes a short series of graphs, one range each, over the same fat
+tasks (aligned groups of row blocks):
 
-1. task (g, r) computes ``A_g[:, r]·H_rᵀ`` for its blocks; the W task of group g sums the R
-   pieces in range order and updates W_g (the Frobenius solvers need A only through ``A·Hᵀ``);
-2. task (g, r) accumulates ``A_g[:, r]ᵀ·W_g`` (``n_r×k``) and, for r = 0, ``W_gᵀW_g``; each
-   range is reduced over the groups in the fixed pairwise tree of :mod:`bignmf.reduction`.
+1. for r = 0..R-1: ``A_i[:, r]·H_rᵀ`` added to the running ``A_i·Hᵀ`` of each block, kept in a
+   double-buffered block buffer (Zarr beside W on a cluster, this process's memory locally);
+2. W's new rows from ``A_i·Hᵀ`` (the Frobenius solvers need A only through it);
+3. for each r: ``A_i[:, r]ᵀ·W_i`` (``n_r×k``) and, with the first range, ``W_iᵀW_i``, reduced
+   over the blocks in the fixed pairwise tree of :mod:`bignmf.reduction`.
 
 The driver joins the ranges of ``AᵀW`` and updates H as in the fused pass; the loss's cross term
 ``⟨W, A·Hᵀ⟩`` is computed there as ``⟨AᵀW, Hᵀ⟩``. A task holds one range of Hᵀ and partial sums
 of ``n/R × k``; the driver holds H and ``AᵀW``. The price: every block of A is read ``2R`` times
 per iteration. Results are bitwise identical on any scheduler and task count for a given R, and
-differ from the fused pass (and from another R) only by rounding.
+differ from the fused pass (and from another R) only by rounding. NNDSVD's randomized SVD uses
+the same range products (:meth:`TwoPasses.product`, :meth:`TwoPasses.transposed`).
 """
 
 from __future__ import annotations
@@ -228,33 +230,14 @@ class TwoPasses:
             new = WIO(state.w_store, 1 - parity, None)
         parts = self.transposed(runner, matrix, plan.groups, _atw_step, state.w_groups, new,
                                 plan.split_every)  # fmt: skip
-        return assemble(parts, Ht)
+        return self._assemble(parts, Ht)
 
-
-def assemble(parts: list[dict], Ht: np.ndarray) -> dict:
-    """The fused pass's reduced accumulator from the column ranges' sums.
-
-    Parameters
-    ----------
-    parts : list of dict
-        Computed ``parts`` of :func:`iteration`, in range order.
-    Ht : ndarray, shape (n, k)
-        ``Hᵀ`` of the H the W blocks were updated with.
-
-    Returns
-    -------
-    dict
-        ``{"AtW", "WtW", "cross"}`` as :meth:`bignmf.kernels.solvers.Solver.update_h` expects;
-        ``cross = ⟨W, A·Hᵀ⟩ = ⟨AᵀW, Hᵀ⟩``, summed in float64.
-    """
-    AtW = np.concatenate([part["AtW"] for part in parts], axis=0)
-    cross = sum(
-        float(np.vdot(part["AtW"].astype(np.float64), Ht[c0:c1].astype(np.float64)))
-        for part, (c0, c1) in zip(parts, _offsets(parts), strict=True)
-    )
-    return {"AtW": AtW, "WtW": parts[0]["WtW"], "cross": np.float64(cross)}
-
-
-def _offsets(parts: list[dict]) -> list[tuple[int, int]]:
-    stops = np.cumsum([part["AtW"].shape[0] for part in parts])
-    return list(zip([0, *stops[:-1]], stops, strict=True))
+    def _assemble(self, parts: list[dict], Ht: np.ndarray) -> dict:
+        """The fused pass's reduced accumulator ``{"AtW", "WtW", "cross"}`` from the ranges'
+        sums; ``cross = ⟨W, A·Hᵀ⟩ = ⟨AᵀW, Hᵀ⟩``, summed range by range in float64."""
+        cross = sum(
+            float(np.vdot(part["AtW"].astype(np.float64), Ht[c0:c1].astype(np.float64)))
+            for part, (c0, c1) in zip(parts, self.ranges.ranges, strict=True)
+        )
+        AtW = np.concatenate([part["AtW"] for part in parts], axis=0)
+        return {"AtW": AtW, "WtW": parts[0]["WtW"], "cross": np.float64(cross)}
