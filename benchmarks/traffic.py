@@ -12,9 +12,8 @@ distributed scheduler) and a callback snapshots every process's counters after e
 
 Reported per iteration (median of the iterations after the first, which opens connections):
 
-- bytes by route: client→scheduler (the graph, and H scattered through the scheduler by a
-  default client), scheduler→client (the reduced partial sums relayed), scheduler↔workers,
-  worker↔worker, client↔worker (H scattered and the result, with ``direct_to_workers``);
+- bytes by route: client→scheduler (the pickled graph, with H in it), scheduler→client (the
+  reduced partial sums relayed), scheduler↔workers, worker↔worker, worker↔client;
 - which keys crossed between workers (from the workers' ``transfer_outgoing_log``);
 - what each worker read from and wrote to files (``/proc/<pid>/io``: ``rchar``/``wchar``,
   which do not count sockets), against A's store on disk and W;
@@ -435,7 +434,7 @@ def report(store, args: argparse.Namespace, results: dict[str, dict]) -> str:
     lines += ["", "Keys sent worker→worker per iteration (count): " + "; ".join(
         f"{label}: " + ", ".join(f"{k} ×{v:g}" for k, v in sorted(r["crossed"].items()))
         for label, r in results.items())]  # fmt: skip
-    # H leaves the client once, scattered: through the scheduler (default client) or not
+    # H leaves the client once, inside the graph (client→worker stays 0 unless H is scattered)
     graph = [
         r["routes"].get("client→scheduler", 0) + r["routes"].get("client→worker", 0) - t["HState"]
         for r in results.values()

@@ -99,12 +99,8 @@ class FitState:
         return IterationInfo(self.iteration, loss, self.relative_error(loss), seconds, max_iter)
 
     def _fused_pass(self) -> dict:
-        h = HState.of(self.H)
-        # on a cluster H goes straight to a worker, not through the scheduler inside the graph
-        # (one copy fewer, and no "large graph" warnings for wide H); kept referenced until done
-        shared = self.runner.share(h, f"bignmf-hstate-{h.name}")
         new_w, total = iteration(
-            self.matrix, self.plan, shared, self.w_groups, self.w_store, self.iteration
+            self.matrix, self.plan, HState.of(self.H), self.w_groups, self.w_store, self.iteration
         )
         if new_w is not None:
             *self.w_groups, total = self.runner.persist(*new_w, total)

@@ -67,11 +67,6 @@ class HState:
         self.__init__(state["H"], state["HHt"])
         self._name = state.get("name", self._name)
 
-    @property
-    def name(self) -> str:
-        """The state's name, drawn once (its graph key)."""
-        return self._name
-
     def __dask_tokenize__(self) -> tuple:
         return ("bignmf-hstate", self._name)
 
@@ -358,7 +353,7 @@ def iteration(
         A's row blocks (a store handle or an in-memory matrix).
     plan : Pass
         Solver, parameters and task grouping.
-    h : HState, or a Delayed or Future of one
+    h : HState
         The current H.
     w_groups : list of Delayed, or None
         W kept in memory: one (persisted) Delayed per group, each a list of row blocks.

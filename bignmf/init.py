@@ -108,7 +108,7 @@ def _sketch(matrix, groups, Z: np.ndarray, runner, ranges) -> tuple[dict, WIO | 
     """``YᵀY`` and ``AᵀY`` for ``Y = A·Z``, in one pass or (``ranges``: a
     :class:`~bignmf.columns.TwoPasses`) over Z's row ranges, keeping Y's blocks; where Y is."""
     if ranges is None:
-        z = runner.share(Z, f"bignmf-sketch-{uuid.uuid4().hex}")  # n×l: kept out of the graph
+        z = runner.share(Z, f"bignmf-sketch-{uuid.uuid4().hex}")  # named: no hash of n×l values
         _, total = block_pass(matrix, groups, _sketch_step, (z,))
         return runner.compute(total)[0], None
     Y = ranges.product(runner, matrix, groups, Z, ranges.buffers("Y", Z.shape[1], Z.dtype))

@@ -36,9 +36,10 @@ def store(tmp_path_factory):
     return bignmf.convert(A, tmp_path_factory.mktemp("data") / "A.zarr", block_rows=250)
 
 
-def test_a_worker_killed_mid_fit_changes_nothing(tmp_path, store, own_cluster):
+@pytest.mark.parametrize("passes", [[], ["--column-chunks", 3]], ids=["fused", "two-pass"])
+def test_a_worker_killed_mid_fit_changes_nothing(tmp_path, store, own_cluster, passes):
     common = ["-k", K, "--init", "random", "--seed", 2, "--tol", 0, "--max-iter", 25,
-              "--checkpoint-every", 1000, "--no-progress", "--top", 0]  # fmt: skip
+              "--checkpoint-every", 1000, "--no-progress", "--top", 0, *passes]  # fmt: skip
     cmd = [sys.executable, "-m", "bignmf", "fit", store.path]
     subprocess.run([*map(str, cmd), "--out", str(tmp_path / "t"), "--scheduler", "threads",
                     *map(str, common)], check=True, capture_output=True, timeout=300)  # fmt: skip
