@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +55,10 @@ class Runner:
 def _inputs_in_graph():
     """Silence distributed's "large graph" warning for bignmf's graphs: they carry H (or a
     range of it, or the SVD's sketch) on purpose, see :meth:`Runner.share`."""
+    if "distributed" not in sys.modules:
+        # no distributed client, no warning; and setting a key of a config that distributed
+        # has not loaded yet would drop its defaults when the setting is undone
+        return contextlib.nullcontext()
     return dask.config.set({"distributed.admin.large-graph-warning-threshold": "64GiB"})
 
 

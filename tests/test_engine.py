@@ -267,3 +267,18 @@ def test_float32_nndsvd_gives_the_same_bits_wherever_w_is_kept(tmp_path):
     memory = nmf(store, K, w_storage="memory", **options)
     on_disk = nmf(store, K, w_storage="zarr", workdir=tmp_path / "w", **options)
     _same_bits(on_disk, memory)
+
+
+def test_a_local_fit_leaves_distributed_config_intact():
+    """A fit before distributed is imported must not drop distributed's config defaults."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, scipy.sparse as sp, dask, bignmf\n"
+        "A = sp.random(300, 200, density=0.1, format='csr', random_state=0)\n"
+        "bignmf.nmf(A, 3, max_iter=2, scheduler='threads')\n"
+        "import distributed\n"
+        "dask.config.get('distributed.comm.require-encryption')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
