@@ -47,6 +47,15 @@ def _add_store_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _cache_size(text: str):
+    from .blockcache import parse_budget
+
+    try:
+        return parse_budget(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", default="local",
@@ -59,6 +68,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-tasks", type=int,
                    help="tasks per pass (default 4 per thread; more: smaller tasks, less memory "
                         "each)")  # fmt: skip
+    p.add_argument("--cache-a", metavar="SIZE", type=_cache_size,
+                   help="keep A's decoded row blocks in each worker's memory between "
+                        "iterations, up to SIZE per worker (e.g. 4GiB, or auto: a quarter of "
+                        "its memory limit); saves decoding A every pass. Default: off")  # fmt: skip
     p.add_argument("--checkpoint-every", type=int, default=10, help="iterations")
     p.add_argument("--checkpoint-seconds", type=float, default=600.0)
     p.add_argument("--top", type=int, default=10, help="top features printed (0: none)")
@@ -210,7 +223,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             init=args.init, tol=args.tol, max_iter=args.max_iter, random_state=args.seed,
             alpha_W=args.alpha_W, alpha_H=args.alpha_H, l1_ratio=args.l1_ratio,
             n_inner=args.n_inner, w_storage=args.w_storage, block_nnz=args.block_nnz,
-            column_chunks=args.column_chunks, n_tasks=args.n_tasks, scheduler=scheduler,
+            column_chunks=args.column_chunks, n_tasks=args.n_tasks, cache_a=args.cache_a,
+            scheduler=scheduler,
             progress=not args.no_progress, checkpoint_dir=run_dir,
             checkpoint_every=args.checkpoint_every, checkpoint_seconds=args.checkpoint_seconds,
         )  # fmt: skip
@@ -223,7 +237,8 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
     from .engine import resume
 
-    overrides = {name: getattr(args, name) for name in ("max_iter", "tol", "n_tasks")}
+    names = ("max_iter", "tol", "n_tasks", "cache_a")
+    overrides = {name: getattr(args, name) for name in names}
     overrides = {name: value for name, value in overrides.items() if value is not None}
     start = time.perf_counter()
     with _scheduler(args) as scheduler:

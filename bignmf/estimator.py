@@ -101,6 +101,10 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
         Where W's Zarr blocks go (default: a new temporary directory).
     n_tasks : int or None, default=None
         Tasks per pass over X (default 4 per scheduler thread).
+    cache_a : int, str or None, default=None
+        When X is a store, keep its decoded row blocks in each worker's memory between
+        iterations, up to this many bytes per worker ('4GiB', or 'auto': a quarter of its
+        memory limit); see :func:`bignmf.nmf`. Off by default.
     scheduler : optional, default=None
         Passed to ``dask.compute``: 'threads', 'sync', a ``distributed.Client``... (default:
         Dask's current scheduler).
@@ -180,6 +184,7 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
         "w_storage": [StrOptions({"auto", "memory", "zarr"})],
         "workdir": [str, os.PathLike, None],
         "n_tasks": [Interval(Integral, 1, None, closed="left"), None],
+        "cache_a": [Interval(Integral, 0, None, closed="left"), str, None],
         "scheduler": "no_validation",
         "block_nnz": [Interval(Integral, 1, None, closed="left"), None],
     }
@@ -202,6 +207,7 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
         w_storage="auto",
         workdir=None,
         n_tasks=None,
+        cache_a=None,
         scheduler=None,
         block_nnz=None,
     ):
@@ -220,6 +226,7 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
         self.w_storage = w_storage
         self.workdir = workdir
         self.n_tasks = n_tasks
+        self.cache_a = cache_a
         self.scheduler = scheduler
         self.block_nnz = block_nnz
 
@@ -450,8 +457,8 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
                 tol=self.tol, max_iter=self.max_iter, random_state=_seed(self.random_state),
                 alpha_W=self.alpha_W, alpha_H=self.alpha_H, l1_ratio=self.l1_ratio,
                 n_inner=self.n_inner if n_inner is None else n_inner, w_storage=self.w_storage,
-                workdir=workdir, n_tasks=self.n_tasks, scheduler=self.scheduler,
-                callback=_print_progress if self.verbose else None,
+                workdir=workdir, n_tasks=self.n_tasks, cache_a=self.cache_a,
+                scheduler=self.scheduler, callback=_print_progress if self.verbose else None,
             )  # fmt: skip
             W_out = result.W
             if keep_w and in_memory and not isinstance(W_out, np.ndarray):

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import dask
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,17 @@ class Runner:
         scattering H made the fit fail or hang in 2 of 6 runs of the worker-kill test.
         """
         return dask.delayed(value, name=name)
+
+    def everywhere(self, function: Callable[..., Any], *args: Any) -> None:
+        """Call ``function(*args)`` in this process and, on a distributed scheduler, in every
+        worker (best effort: a worker that is gone has nothing to clean up)."""
+        function(*args)
+        client = client_of(self.scheduler)
+        if client is not None:
+            try:
+                client.run(function, *args)
+            except Exception as error:  # cleaning up must not fail a finished fit
+                logger.warning("could not run %s on every worker: %s", function.__name__, error)
 
     def workers(self) -> dict[str, int] | None:
         """Threads of each worker of a distributed scheduler (None on a local one)."""
@@ -91,6 +106,18 @@ def scheduler_threads(scheduler: Any) -> int:
     return os.cpu_count() or 1
 
 
+def _worker_memory(scheduler: Any) -> list[tuple[int, int]]:
+    """``(memory limit, threads)`` of each worker of a distributed scheduler (no limit: RAM)."""
+    from .factors import machine_memory_bytes
+
+    client = client_of(scheduler)
+    if client is None:
+        return []
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    ram = machine_memory_bytes()
+    return [(int(w.get("memory_limit") or ram), max(int(w.get("nthreads", 1)), 1)) for w in workers]
+
+
 def task_memory_bytes(scheduler: Any) -> int:
     """Memory one task may use: the smallest worker memory limit per thread, or RAM per core.
 
@@ -98,13 +125,16 @@ def task_memory_bytes(scheduler: Any) -> int:
     """
     from .factors import machine_memory_bytes
 
-    client = client_of(scheduler)
-    if client is not None:
-        workers = client.scheduler_info(n_workers=-1)["workers"].values()
-        shares = [
-            (w.get("memory_limit") or machine_memory_bytes()) // max(w.get("nthreads", 1), 1)
-            for w in workers
-        ]
-        if shares:
-            return int(min(shares))
+    shares = [limit // threads for limit, threads in _worker_memory(scheduler)]
+    if shares:
+        return int(min(shares))
     return machine_memory_bytes() // max(scheduler_threads(scheduler), 1)
+
+
+def process_memory_bytes(scheduler: Any) -> int:
+    """Memory of one process running tasks: the smallest worker memory limit, or this
+    machine's RAM when the tasks run here."""
+    from .factors import machine_memory_bytes
+
+    limits = [limit for limit, _ in _worker_memory(scheduler)]
+    return int(min(limits)) if limits else machine_memory_bytes()

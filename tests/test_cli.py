@@ -152,3 +152,25 @@ def test_fit_in_two_passes_then_resume_keeps_the_ranges(tmp_path, capsys):
     assert status == 0
     resumed, once = (zarr.open_array(tmp_path / d / "H.zarr")[...] for d in ("run", "once"))
     assert resumed.tobytes() == once.tobytes()
+
+
+def test_fit_with_a_block_cache_records_it_and_resume_may_change_it(tmp_path, capsys):
+    A = sp.random(400, 60, density=0.1, format="csr", random_state=4)
+    bignmf.convert(A, tmp_path / "A.zarr", block_rows=100)
+    options = ("--scheduler", "threads", "--no-progress", "--top", 0, "--seed", 1, "--tol", 0)
+    status, _, _ = run(capsys, "fit", tmp_path / "A.zarr", "-k", 3, "--out", tmp_path / "run",
+                       "--cache-a", "16MiB", "--max-iter", 3, *options)  # fmt: skip
+    assert status == 0
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["options"]["cache_a"] == 16 * 2**20
+    status, _, _ = run(capsys, "resume", tmp_path / "run", "--max-iter", 6, "--cache-a", "auto",
+                       "--scheduler", "threads", "--no-progress", "--top", 0)  # fmt: skip
+    assert status == 0
+    status, _, _ = run(capsys, "fit", tmp_path / "A.zarr", "-k", 3, "--out", tmp_path / "once",
+                       "--max-iter", 6, *options)  # fmt: skip
+    resumed, once = (zarr.open_array(tmp_path / d / "H.zarr")[...] for d in ("run", "once"))
+    assert resumed.tobytes() == once.tobytes()
+    with pytest.raises(SystemExit):
+        main(["fit", str(tmp_path / "A.zarr"), "-k", "3", "--out", str(tmp_path / "bad"),
+              "--cache-a", "lots"])  # fmt: skip
+    assert "--cache-a: cache_a must be a size" in capsys.readouterr().err

@@ -36,7 +36,11 @@ def store(tmp_path_factory):
     return bignmf.convert(A, tmp_path_factory.mktemp("data") / "A.zarr", block_rows=250)
 
 
-@pytest.mark.parametrize("passes", [[], ["--column-chunks", 3]], ids=["fused", "two-pass"])
+@pytest.mark.parametrize(
+    "passes",
+    [[], ["--column-chunks", 3], ["--cache-a", "auto"]],
+    ids=["fused", "two-pass", "cached"],
+)
 def test_a_worker_killed_mid_fit_changes_nothing(tmp_path, store, own_cluster, passes):
     common = ["-k", K, "--init", "random", "--seed", 2, "--tol", 0, "--max-iter", 25,
               "--checkpoint-every", 1000, "--no-progress", "--top", 0, *passes]  # fmt: skip
