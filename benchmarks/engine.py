@@ -7,9 +7,10 @@ Three parts (``--parts``, all by default):
     same arithmetic on the same row blocks with the same two threads
     (``benchmarks/engine_loop.py``): bignmf on the threaded scheduler with the matrix in memory,
     and on a ``distributed.LocalCluster`` of 2 single-threaded worker processes reading the
-    matrix from its store on disk, once with Dask's default worker environment and once with
+    matrix from its store on disk, once with Dask's default worker environment, once with
     large ``MALLOC_TRIM_THRESHOLD_``/``MALLOC_MMAP_THRESHOLD_`` set through
-    ``distributed.nanny.pre-spawn-environ``.
+    ``distributed.nanny.pre-spawn-environ``, and once more with those and ``cache_a='auto'``
+    (each worker decodes its blocks of A once and keeps them, as the loop keeps A in memory).
 ``disk`` (c)
     The same matrix factorized from its Zarr store (lz4) on the threaded scheduler, W kept in
     memory and W kept in Zarr, against the in-memory figures and against the time to read and
@@ -341,6 +342,7 @@ LOOP_MEM = "loop, memory"
 BIG_MEM = "bignmf threads, memory"
 DIST = "bignmf LocalCluster 2x1, disk, W zarr"
 DIST_MALLOC = "bignmf LocalCluster 2x1, disk, W zarr, malloc env"
+DIST_CACHED = "bignmf LocalCluster 2x1, A cached in workers, W zarr, malloc env"
 BIG_DISK = "bignmf threads, disk, W memory"
 BIG_DISK_ZARR = "bignmf threads, disk, W zarr"
 LOOP_DISK = "loop, disk"
@@ -370,7 +372,7 @@ def timing_parts(args: argparse.Namespace, parts: set[str]) -> dict:
     }
     if "roofline" in parts:
 
-        def dist(malloc):
+        def dist(malloc, **options):
             def go() -> Run:
                 with local_cluster(malloc) as client:
                     # W lives in Zarr on a distributed scheduler (bignmf refuses 'memory' there)
@@ -383,12 +385,15 @@ def timing_parts(args: argparse.Namespace, parts: set[str]) -> dict:
                         scheduler=client,
                         clock=tree_cpu,
                         workdir=tempfile.mkdtemp(dir=workdir),
+                        **options,
                     )
 
             return go
 
         variants[DIST] = dist(None)
         variants[DIST_MALLOC] = dist(args.malloc_env)
+        # the workers decode A once and keep it, as the loop keeps it in memory
+        variants[DIST_CACHED] = dist(args.malloc_env, cache_a="auto")
     if "disk" in parts:
         variants[BIG_DISK] = lambda: run_bignmf(
             store.path, k, W0, H0, N, scheduler="threads", w_storage="memory"
@@ -482,7 +487,8 @@ def roofline_table(t: dict) -> list[dict]:
     f = t["figures"]
     loop = f[LOOP_MEM]
     rows = []
-    for name, target in ((LOOP_MEM, None), (BIG_MEM, 1.1), (DIST, 1.3), (DIST_MALLOC, 1.3)):
+    targets = {LOOP_MEM: None, BIG_MEM: 1.1, DIST: 1.3, DIST_MALLOC: 1.3, DIST_CACHED: 1.3}
+    for name, target in targets.items():
         if name not in f:
             continue
         rows.append(

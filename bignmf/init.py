@@ -49,9 +49,13 @@ def _random_step(A_i, W_i, i, spec: InitSpec, scale: float, work):
     return None, np.abs(block, out=block).astype(spec.dtype, copy=False)
 
 
-def _slice_step(A_i, W_i, i, W: np.ndarray, spec: InitSpec, work):
+def _block_of(W: np.ndarray, i: int, spec: InitSpec) -> np.ndarray:
     r0, r1 = int(spec.row_offsets[i]), int(spec.row_offsets[i + 1])
-    return None, np.ascontiguousarray(W[r0:r1], dtype=spec.dtype)
+    return np.ascontiguousarray(W[r0:r1], dtype=spec.dtype)
+
+
+def _slice_step(A_i, W_i, i, W: np.ndarray, spec: InitSpec, work):
+    return None, _block_of(W, i, spec)
 
 
 def random_init(matrix, groups, spec: InitSpec, w_store=None) -> tuple[list | None, np.ndarray]:
@@ -75,9 +79,15 @@ def custom_init(matrix, groups, spec: InitSpec, W, H, w_store=None) -> tuple[lis
             raise ValueError(f"initial {name} must have shape {shape}, got {X.shape}")
         if not np.isfinite(X).all() or (X < 0).any():
             raise ValueError(f"initial {name} must be finite and non-negative")
-    w, _ = block_pass(matrix, groups, _slice_step, (W, spec), None, WIO(w_store, None, 0),
+    H = np.ascontiguousarray(H, dtype=spec.dtype)
+    if w_store is not None:
+        # written here, block by block: as a graph input, all of W would go to every worker
+        for i in range(len(spec.row_offsets) - 1):
+            w_store.write(0, i, _block_of(W, i, spec))
+        return [], H
+    w, _ = block_pass(matrix, groups, _slice_step, (W, spec), None, WIO(None, None, 0),
                       reads_a=False)  # fmt: skip
-    return w, np.ascontiguousarray(H, dtype=spec.dtype)
+    return w, H
 
 
 # ------------------------------------------------------------------------ randomized SVD

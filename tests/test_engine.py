@@ -14,7 +14,7 @@ import bignmf.driver
 from bignmf import write_matrix
 from bignmf.engine import nmf
 from bignmf.graph import HState, Pass, iteration
-from bignmf.init import InitSpec, random_init
+from bignmf.init import InitSpec, custom_init, random_init
 from bignmf.kernels.solvers import SolverParams
 from bignmf.matrix import MemoryMatrix
 from bignmf.types import Source
@@ -152,6 +152,21 @@ def test_same_bits_whatever_tasks_storage_or_threads(tmp_path, solver):
         {"scheduler": "sync", "w_storage": "zarr", "workdir": tmp_path / "w", "n_tasks": 5},
     ):
         _same_bits(_fit_store(store, solver=solver, **options), reference)
+
+
+def test_a_custom_w_is_written_to_its_store_without_a_graph(tmp_path):
+    from bignmf.factors import ZarrBlocks
+
+    A, W0, H0 = text_like(seed=6)
+    matrix = MemoryMatrix(A, block_rows=9)
+    spec = InitSpec(K, np.dtype(np.float64), 0, matrix.row_offsets)
+    store = ZarrBlocks(tmp_path / "W", matrix.row_offsets, K, np.float64).create()
+    groups, H = custom_init(matrix, [(0, matrix.n_blocks)], spec, W0, H0, store)
+    assert groups == []  # nothing for a graph to carry to the workers
+    assert H.tobytes() == np.ascontiguousarray(H0).tobytes()
+    ro = matrix.row_offsets
+    for i in range(matrix.n_blocks):
+        assert store.read(0, i).tobytes() == np.ascontiguousarray(W0[ro[i] : ro[i + 1]]).tobytes()
 
 
 def test_same_bits_on_a_distributed_cluster(tmp_path, dask_client):
