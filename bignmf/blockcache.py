@@ -5,7 +5,9 @@ iteration (:func:`bignmf.graph.placement`), so a worker rereads the same blocks.
 cluster's memory can hold them, decoding them once instead of every pass saves the decode
 (about a fifth of an iteration's CPU on this kind of machine). It is off by default: holding A
 in memory is what bignmf exists to avoid, so the user asks for it with a byte budget per
-process (``nmf(..., cache_a=...)``, ``bignmf fit --cache-a``).
+process (``nmf(..., cache_a=...)``, ``bignmf fit --cache-a``). In a Dask worker with a memory
+limit, a block is kept only while the worker stays below the memory at which distributed would
+spill or pause it (:func:`has_room`).
 
 The cache is only a cache: a task that runs elsewhere (a lost worker) reads the blocks from the
 store, the values are the same bits, and the fit's result does not change. Blocks are kept in the
@@ -16,6 +18,7 @@ just before it is read again. A fit drops its blocks when it ends (:func:`drop`)
 
 from __future__ import annotations
 
+import sys
 import threading
 import zlib
 from dataclasses import dataclass, field
@@ -49,6 +52,42 @@ def _block_bytes(store: CSRStore, i: int) -> int:
     rows = int(store.row_offsets[i + 1] - store.row_offsets[i])
     index = store.layout.index_dtype.itemsize
     return nnz * (store.dtype.itemsize + index) + (rows + 1) * index
+
+
+def _worker_ceiling() -> int | None:
+    """Bytes a Dask worker process may reach before distributed acts on its memory (the lowest
+    of its target, spill and pause fractions of its limit); None outside a limited worker."""
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import get_worker
+
+    try:
+        manager = get_worker().memory_manager
+    except (ValueError, AttributeError):
+        return None
+    limit = getattr(manager, "memory_limit", None)
+    names = ("memory_target_fraction", "memory_spill_fraction", "memory_pause_fraction")
+    fractions = [f for f in (getattr(manager, name, False) for name in names) if f]
+    if not limit or not fractions:
+        return None
+    return int(min(fractions) * limit)
+
+
+def has_room(size: int, ceiling: int | None = None, rss: int | None = None) -> bool:
+    """Whether this process may hold ``size`` more bytes of cache.
+
+    In a Dask worker with a memory limit the process must stay below the point where
+    distributed starts spilling or pauses the worker: a paused worker runs no task, so the
+    fit would never end and never release the cache.
+    """
+    ceiling = _worker_ceiling() if ceiling is None else ceiling
+    if ceiling is None:
+        return True
+    if rss is None:
+        import psutil
+
+        rss = psutil.Process().memory_info().rss
+    return rss + size <= ceiling
 
 
 def _frozen(block: sp.csr_matrix) -> sp.csr_matrix:
@@ -127,6 +166,7 @@ class CachedMatrix:
                 return hit
             _TOTALS["misses"] += 1
             admit = _TOTALS["bytes"] + _TOTALS["reserved"] + size <= self.budget
+            admit = admit and has_room(_TOTALS["reserved"] + size)
             if admit:
                 _TOTALS["reserved"] += size
             else:
@@ -219,4 +259,4 @@ def cached(matrix: Any, budget: int | str | None, process_memory: int) -> Any:
     return CachedMatrix(matrix, int(budget))
 
 
-__all__ = ["AUTO_FRACTION", "CachedMatrix", "cached", "drop", "parse_budget", "stats"]
+__all__ = ["AUTO_FRACTION", "CachedMatrix", "cached", "drop", "has_room", "parse_budget", "stats"]

@@ -161,8 +161,9 @@ def nmf(
         bytes per process: a size such as ``'4GiB'``, a number of bytes, or ``'auto'`` (a
         quarter of the smallest worker's memory limit, or of RAM). Off by default: it trades
         memory for the decoding of every block in every pass. Only stores are cached; the
-        results do not change; the blocks are dropped when the fit ends. A resumed run keeps
-        the recorded value unless given another.
+        results do not change; a worker with a memory limit keeps blocks only while below
+        distributed's spill and pause thresholds; the blocks are dropped when the fit ends. A
+        resumed run keeps the recorded value unless given another.
     scheduler : optional
         Passed to ``dask.compute`` (``'threads'``, ``'sync'``, a ``distributed.Client``);
         default: Dask's current scheduler.

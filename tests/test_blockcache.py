@@ -38,6 +38,22 @@ def test_a_bad_budget_is_refused_with_its_value(bad):
         parse_budget(bad)
 
 
+def test_room_is_what_a_worker_has_below_its_spill_and_pause_thresholds():
+    assert blockcache.has_room(20, ceiling=100, rss=80)
+    assert not blockcache.has_room(21, ceiling=100, rss=80)
+    assert blockcache.has_room(10**12, ceiling=None)  # not in a worker with a memory limit
+
+
+def test_a_workers_ceiling_is_its_lowest_memory_threshold(dask_client):
+    for address, info in dask_client.scheduler_info()["workers"].items():
+        ceiling = dask_client.submit(blockcache._worker_ceiling, workers=[address], pure=False)
+        ceilings = {address: ceiling.result()}  # in a task, as the reads are
+        if info["memory_limit"]:
+            assert ceilings[address] == int(0.6 * info["memory_limit"])  # distributed's target
+        else:
+            assert ceilings[address] is None
+
+
 def test_only_stores_are_cached(store):
     memory = bignmf.matrix.MemoryMatrix(store.to_scipy())
     assert blockcache.cached(memory, 10**9, 2**30) is memory

@@ -36,6 +36,7 @@ from conftest import LocalProcessCluster, _dask_cli
 from distributed import Client
 
 import bignmf
+from bignmf import blockcache
 from bignmf.synthetic import make_planted
 
 MiB = 2**20
@@ -123,7 +124,7 @@ def _csr_bytes(store) -> int:
     return store.nnz * (store.dtype.itemsize + index_bytes) + (store.shape[0] + 1) * 8
 
 
-def _fit_under_the_limit(tmp_path, n_rows: int, ratio: float, init: str) -> dict:
+def _fit_under_the_limit(tmp_path, n_rows: int, ratio: float, init: str, cache_a=None) -> dict:
     """Generate, fit on the memory-limited cluster, check no worker suffered; return figures."""
     store = make_planted(
         tmp_path / "A.zarr", n_rows, N_COLS, K, nnz_per_row=NNZ_PER_ROW, seed=0,
@@ -138,9 +139,16 @@ def _fit_under_the_limit(tmp_path, n_rows: int, ratio: float, init: str) -> dict
             before = client.run(os.getpid)
             names = {w: info["name"] for w, info in client.scheduler_info()["workers"].items()}
             start = time.perf_counter()
+            held = []
+
+            def look(info):
+                if cache_a is not None:
+                    held.extend(client.run(blockcache.stats).values())
+
             with PeakRSS(before) as sampler:
                 result = bignmf.nmf(store, K, init=init, random_state=0, max_iter=3, tol=0,
-                                    scheduler=client, workdir=tmp_path / "work")  # fmt: skip
+                                    scheduler=client, workdir=tmp_path / "work",
+                                    cache_a=cache_a, callback=look)  # fmt: skip
             seconds = time.perf_counter() - start
             after = client.run(os.getpid)
             after_names = {w: i["name"] for w, i in client.scheduler_info()["workers"].items()}
@@ -150,6 +158,12 @@ def _fit_under_the_limit(tmp_path, n_rows: int, ratio: float, init: str) -> dict
     finally:
         cluster.close()
     assert result.n_iter == 3
+    if cache_a == "auto":
+        # Each worker may keep a quarter of its limit, but only below distributed's spill
+        # and pause thresholds: here that leaves little or no room, and keeping the quarter
+        # anyway paused both workers and hung the fit (the first version of the cache).
+        assert max(s["bytes"] for s in held) <= blockcache.AUTO_FRACTION * LIMIT
+        assert held[-1]["refused"] > 0
     # No worker was lost, replaced or restarted: same addresses, names and processes.
     assert after == before
     assert after_names == names
@@ -187,6 +201,12 @@ def _fit_under_the_limit(tmp_path, n_rows: int, ratio: float, init: str) -> dict
 
 def test_a_fit_of_2x_the_workers_memory_stays_under_the_limit(tmp_path):
     figures = _fit_under_the_limit(tmp_path, n_rows=700_000, ratio=2, init="random")
+    print(figures)
+
+
+def test_a_cached_fit_stays_under_the_limit(tmp_path):
+    figures = _fit_under_the_limit(tmp_path, n_rows=700_000, ratio=2, init="random",
+                                   cache_a="auto")  # fmt: skip
     print(figures)
 
 
