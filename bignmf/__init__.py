@@ -5,7 +5,13 @@ from importlib.metadata import PackageNotFoundError, version
 from .cluster import connect
 from .driver import IterationInfo
 from .engine import NMFResult, nmf, resume
-from .errors import BigNMFError, InputError, StoreExistsError, StoreFormatError
+from .errors import (
+    BigNMFError,
+    InputError,
+    StoreExistsError,
+    StoreFormatError,
+    WorkersPausedError,
+)
 from .ingest import convert
 from .storage import CSRStore, open_matrix, write_matrix
 from .types import Source
@@ -35,6 +41,7 @@ __all__ = [
     "Source",
     "StoreExistsError",
     "StoreFormatError",
+    "WorkersPausedError",
     "__version__",
     "connect",
     "convert",

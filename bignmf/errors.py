@@ -21,3 +21,8 @@ class StoreExistsError(BigNMFError, FileExistsError):
 
 class StoreFormatError(BigNMFError, ValueError):
     """A path does not hold a sparse matrix store bignmf can read."""
+
+
+class WorkersPausedError(BigNMFError, MemoryError):
+    """Every Dask worker has been paused by distributed's memory manager for too long: no task
+    can run, so the fit would otherwise wait forever."""

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,9 +26,20 @@ class Runner:
         return {} if self.scheduler is None else {"scheduler": self.scheduler}
 
     def compute(self, *collections):
-        """``dask.compute`` on this scheduler."""
+        """``dask.compute`` on this scheduler.
+
+        Raises
+        ------
+        WorkersPausedError
+            On a distributed scheduler, when every worker has stayed paused by distributed's
+            memory manager for ``bignmf.paused-timeout`` seconds of Dask's configuration
+            (default :data:`PAUSED_TIMEOUT`); nothing could run, the compute would never end.
+        """
         with _inputs_in_graph():
-            return dask.compute(*collections, **self._options())
+            client = client_of(self.scheduler)
+            if client is None:
+                return dask.compute(*collections, **self._options())
+            return _watched_compute(client, collections)
 
     def persist(self, *collections):
         """``dask.persist`` on this scheduler (results stay on the workers)."""
@@ -65,6 +77,67 @@ class Runner:
             return dict(client.nthreads())
         except Exception:  # no placement is better than a failed iteration
             return None
+
+
+PAUSED_TIMEOUT = 300.0  # seconds every worker may stay paused before a compute gives up
+_POLL_SECONDS = 5.0
+
+
+def _watched_compute(client: Any, collections: tuple) -> tuple:
+    """Compute on a distributed client, checking the workers while waiting: a worker paused
+    for memory runs nothing, and if all of them stay paused the results never come."""
+    from distributed import TimeoutError as DistributedTimeout
+    from distributed import wait
+
+    futures = client.compute(list(collections))
+    try:
+        paused_since = None
+        while True:
+            try:
+                wait(futures, timeout=_POLL_SECONDS)
+                return tuple(client.gather(futures))
+            except DistributedTimeout:
+                paused = _all_paused(client)
+                paused_since = None if paused is None else (paused_since or time.monotonic())
+                limit = float(dask.config.get("bignmf.paused-timeout", PAUSED_TIMEOUT))
+                if paused_since is not None and time.monotonic() - paused_since >= limit:
+                    raise _paused_error(paused, limit) from None
+    except BaseException:
+        client.cancel(futures)
+        raise
+
+
+def _all_paused(client: Any) -> dict | None:
+    """The workers (address: info) if there are some and every one of them is paused."""
+    try:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+    except Exception:  # a scheduler that cannot answer now is not evidence of a pause
+        return None
+    if workers and all(info.get("status") == "paused" for info in workers.values()):
+        return workers
+    return None
+
+
+def _paused_error(workers: dict, seconds: float) -> Exception:
+    from dask.utils import format_bytes
+
+    from .errors import WorkersPausedError
+
+    def describe(address: str, info: dict) -> str:
+        used = (info.get("metrics") or {}).get("memory")
+        limit = info.get("memory_limit")
+        if used is None or not limit:
+            return address
+        return f"{address} ({format_bytes(used)} of its {format_bytes(limit)} limit)"
+
+    listed = "; ".join(describe(address, info) for address, info in sorted(workers.items()))
+    return WorkersPausedError(
+        f"every worker has been paused by distributed's memory manager for {seconds:g} s, so "
+        f"no task can run: {listed}. Give the workers more memory, use more tasks per pass "
+        f"(n_tasks / --n-tasks) so that each holds less, or column chunks (--column-chunks) "
+        f"for a very wide matrix; a checkpointed run resumes from its last checkpoint. "
+        f"(The wait is set by Dask's config key bignmf.paused-timeout.)"
+    )
 
 
 def _inputs_in_graph():

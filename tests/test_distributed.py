@@ -95,3 +95,33 @@ def test_default_client_is_used_and_w_goes_to_disk(tmp_path, store, dask_cluster
     reference = bignmf.nmf(store, K, init="random", random_state=0, max_iter=3, tol=0,
                            scheduler="sync")  # fmt: skip
     assert np.asarray(result.W).tobytes() == reference.W.tobytes()
+
+
+def test_workers_paused_for_memory_stop_the_fit_with_a_clear_error(tmp_path, store, own_cluster):
+    import dask
+
+    with Client(own_cluster.address, timeout=60) as client:
+
+        def pause(dask_worker):  # as if each worker were over distributed's pause threshold
+            dask_worker.memory_manager.memory_pause_fraction = 1e-9
+
+        client.run(pause)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            statuses = [w["status"] for w in client.scheduler_info()["workers"].values()]
+            if statuses == ["paused", "paused"]:
+                break
+            time.sleep(0.1)
+        start = time.monotonic()
+        with (
+            dask.config.set({"bignmf.paused-timeout": 3}),
+            pytest.raises(
+                bignmf.WorkersPausedError, match="every worker has been paused"
+            ) as raised,
+        ):
+            bignmf.nmf(store, K, init="random", random_state=0, max_iter=3, scheduler=client,
+                       workdir=tmp_path)  # fmt: skip
+        assert time.monotonic() - start < 60
+        for address in client.scheduler_info()["workers"]:
+            assert address in str(raised.value)
+        assert "limit" in str(raised.value)
