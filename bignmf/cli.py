@@ -51,7 +51,7 @@ def _cache_size(text: str):
     from .blockcache import parse_budget
 
     try:
-        return parse_budget(text)
+        return parse_budget(text) or 0  # 0, not None: `resume --cache-a 0` turns it off
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -71,7 +71,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-a", metavar="SIZE", type=_cache_size,
                    help="keep A's decoded row blocks in each worker's memory between "
                         "iterations, up to SIZE per worker (e.g. 4GiB, or auto: a quarter of "
-                        "its memory limit); saves decoding A every pass. Default: off")  # fmt: skip
+                        "its memory limit; 0: off); saves decoding A every pass. Default: off, "
+                        "or on resume the run's setting")  # fmt: skip
     p.add_argument("--checkpoint-every", type=int, default=10, help="iterations")
     p.add_argument("--checkpoint-seconds", type=float, default=600.0)
     p.add_argument("--top", type=int, default=10, help="top features printed (0: none)")

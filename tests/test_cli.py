@@ -11,6 +11,7 @@ import scipy.sparse as sp
 import zarr
 
 import bignmf
+from bignmf import blockcache
 from bignmf.cli import main
 
 
@@ -166,8 +167,13 @@ def test_fit_with_a_block_cache_records_it_and_resume_may_change_it(tmp_path, ca
     status, _, _ = run(capsys, "resume", tmp_path / "run", "--max-iter", 6, "--cache-a", "auto",
                        "--scheduler", "threads", "--no-progress", "--top", 0)  # fmt: skip
     assert status == 0
+    before = blockcache.stats()
+    status, _, _ = run(capsys, "resume", tmp_path / "run", "--max-iter", 7, "--cache-a", "0",
+                       "--scheduler", "threads", "--no-progress", "--top", 0)  # fmt: skip
+    assert status == 0
+    assert blockcache.stats()["hits"] == before["hits"]  # turned off for this resume
     status, _, _ = run(capsys, "fit", tmp_path / "A.zarr", "-k", 3, "--out", tmp_path / "once",
-                       "--max-iter", 6, *options)  # fmt: skip
+                       "--max-iter", 7, *options)  # fmt: skip
     resumed, once = (zarr.open_array(tmp_path / d / "H.zarr")[...] for d in ("run", "once"))
     assert resumed.tobytes() == once.tobytes()
     with pytest.raises(SystemExit):
