@@ -21,6 +21,7 @@ from __future__ import annotations
 import sys
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -239,7 +240,7 @@ def parse_budget(value: Any) -> int | str | None:
     return int(value) or None
 
 
-def cached(matrix: Any, budget: int | str | None, process_memory: int) -> Any:
+def cached(matrix: Any, budget: int | str | None, process_memory: Callable[[], int]) -> Any:
     """``matrix`` reading through the cache, or ``matrix`` itself.
 
     Parameters
@@ -249,13 +250,14 @@ def cached(matrix: Any, budget: int | str | None, process_memory: int) -> Any:
     budget : int, 'auto' or None
         Bytes per process (see :func:`parse_budget`); ``'auto'`` is :data:`AUTO_FRACTION` of
         ``process_memory``.
-    process_memory : int
-        The smallest worker's memory limit, or RAM, in bytes.
+    process_memory : callable
+        Returns the smallest worker's memory limit, or RAM, in bytes; asked only for
+        ``'auto'`` (on a cluster it is a round trip to the scheduler).
     """
     if budget is None or not isinstance(matrix, CSRStore):
         return matrix
     if budget == "auto":
-        budget = int(AUTO_FRACTION * process_memory)
+        budget = int(AUTO_FRACTION * process_memory())
     return CachedMatrix(matrix, int(budget))
 
 

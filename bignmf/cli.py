@@ -225,8 +225,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             alpha_W=args.alpha_W, alpha_H=args.alpha_H, l1_ratio=args.l1_ratio,
             n_inner=args.n_inner, w_storage=args.w_storage, block_nnz=args.block_nnz,
             column_chunks=args.column_chunks, n_tasks=args.n_tasks, cache_a=args.cache_a,
-            scheduler=scheduler,
-            progress=not args.no_progress, checkpoint_dir=run_dir,
+            scheduler=scheduler, progress=not args.no_progress, checkpoint_dir=run_dir,
             checkpoint_every=args.checkpoint_every, checkpoint_seconds=args.checkpoint_seconds,
         )  # fmt: skip
     _finish(run_dir, result, time.perf_counter() - start, args.top)

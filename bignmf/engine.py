@@ -227,7 +227,7 @@ def nmf(
     if choose_storage(m, k, matrix.dtype, w_storage, distributed) == "zarr":
         w_store = ZarrBlocks(_w_buffers(workdir, run_dir), matrix.row_offsets, k, matrix.dtype)
         w_store.create()
-    reads = blockcache.cached(matrix, options["cache_a"], process_memory_bytes(scheduler))
+    reads = blockcache.cached(matrix, options["cache_a"], lambda: process_memory_bytes(scheduler))
     state = FitState(reads, plan, runner, get_solver(solver), params.beta_loss, None, w_store,
                      np.zeros((k, n), matrix.dtype))  # fmt: skip
     if settings["column_chunks"] > 1:

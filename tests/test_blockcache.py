@@ -56,9 +56,9 @@ def test_a_workers_ceiling_is_its_lowest_memory_threshold(dask_client):
 
 def test_only_stores_are_cached(store):
     memory = bignmf.matrix.MemoryMatrix(store.to_scipy())
-    assert blockcache.cached(memory, 10**9, 2**30) is memory
-    assert blockcache.cached(store, None, 2**30) is store
-    auto = blockcache.cached(store, "auto", 4000)
+    assert blockcache.cached(memory, 10**9, lambda: 2**30) is memory
+    assert blockcache.cached(store, None, lambda: 2**30) is store
+    auto = blockcache.cached(store, "auto", lambda: 4000)
     assert isinstance(auto, CachedMatrix)
     assert auto.budget == 1000
 
