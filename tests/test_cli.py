@@ -136,46 +136,53 @@ def test_fit_on_a_scheduler_address_equals_threads(tmp_path, capsys, dask_cluste
         assert threads.tobytes() == distributed.tobytes()
 
 
+QUIET = ("--scheduler", "threads", "--no-progress", "--top", 0)  # local, no output to read
+FIT = (*QUIET, "--seed", 1, "--tol", 0)
+
+
+def _resume(capsys, run_dir, *args) -> None:
+    status, _, _ = run(capsys, "resume", run_dir, *args, *QUIET)
+    assert status == 0
+
+
+def _same_h(*runs) -> None:
+    """The runs' final H are the same bits."""
+    first, *others = (zarr.open_array(run / "H.zarr")[...] for run in runs)
+    for other in others:
+        assert other.tobytes() == first.tobytes()
+
+
 def test_fit_in_two_passes_then_resume_keeps_the_ranges(tmp_path, capsys):
     A = sp.random(300, 500, density=0.05, format="csr", random_state=2)
     bignmf.convert(A, tmp_path / "wide.zarr", block_rows=50)
-    options = ("--scheduler", "threads", "--no-progress", "--top", 0, "--seed", 1, "--tol", 0)
     status, _, _ = run(capsys, "fit", tmp_path / "wide.zarr", "-k", 4, "--out", tmp_path / "run",
-                       "--column-chunks", 3, "--n-tasks", 2, "--max-iter", 5, *options)  # fmt: skip
+                       "--column-chunks", 3, "--n-tasks", 2, "--max-iter", 5, *FIT)  # fmt: skip
     assert status == 0
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["settings"]["column_chunks"] == 3
-    status, _, _ = run(capsys, "resume", tmp_path / "run", "--max-iter", 9, "--n-tasks", 5,
-                       "--scheduler", "threads", "--no-progress", "--top", 0)  # fmt: skip
-    assert status == 0
+    _resume(capsys, tmp_path / "run", "--max-iter", 9, "--n-tasks", 5)
     status, _, _ = run(capsys, "fit", tmp_path / "wide.zarr", "-k", 4, "--out", tmp_path / "once",
-                       "--column-chunks", 3, "--max-iter", 9, *options)  # fmt: skip
+                       "--column-chunks", 3, "--max-iter", 9, *FIT)  # fmt: skip
     assert status == 0
-    resumed, once = (zarr.open_array(tmp_path / d / "H.zarr")[...] for d in ("run", "once"))
-    assert resumed.tobytes() == once.tobytes()
+    _same_h(tmp_path / "run", tmp_path / "once")
 
 
 def test_fit_with_a_block_cache_records_it_and_resume_may_change_it(tmp_path, capsys):
     A = sp.random(400, 60, density=0.1, format="csr", random_state=4)
     bignmf.convert(A, tmp_path / "A.zarr", block_rows=100)
-    options = ("--scheduler", "threads", "--no-progress", "--top", 0, "--seed", 1, "--tol", 0)
     status, _, _ = run(capsys, "fit", tmp_path / "A.zarr", "-k", 3, "--out", tmp_path / "run",
-                       "--cache-a", "16MiB", "--max-iter", 3, *options)  # fmt: skip
+                       "--cache-a", "16MiB", "--max-iter", 3, *FIT)  # fmt: skip
     assert status == 0
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["options"]["cache_a"] == 16 * 2**20
-    status, _, _ = run(capsys, "resume", tmp_path / "run", "--max-iter", 6, "--cache-a", "auto",
-                       "--scheduler", "threads", "--no-progress", "--top", 0)  # fmt: skip
-    assert status == 0
+    _resume(capsys, tmp_path / "run", "--max-iter", 6, "--cache-a", "auto")
     before = blockcache.stats()
-    status, _, _ = run(capsys, "resume", tmp_path / "run", "--max-iter", 7, "--cache-a", "0",
-                       "--scheduler", "threads", "--no-progress", "--top", 0)  # fmt: skip
-    assert status == 0
+    _resume(capsys, tmp_path / "run", "--max-iter", 7, "--cache-a", "0")
     assert blockcache.stats()["hits"] == before["hits"]  # turned off for this resume
     status, _, _ = run(capsys, "fit", tmp_path / "A.zarr", "-k", 3, "--out", tmp_path / "once",
-                       "--max-iter", 7, *options)  # fmt: skip
-    resumed, once = (zarr.open_array(tmp_path / d / "H.zarr")[...] for d in ("run", "once"))
-    assert resumed.tobytes() == once.tobytes()
+                       "--max-iter", 7, *FIT)  # fmt: skip
+    assert status == 0
+    _same_h(tmp_path / "run", tmp_path / "once")
     with pytest.raises(SystemExit):
         main(["fit", str(tmp_path / "A.zarr"), "-k", "3", "--out", str(tmp_path / "bad"),
               "--cache-a", "lots"])  # fmt: skip
