@@ -8,6 +8,7 @@ from .engine import NMFResult, nmf, resume
 from .errors import (
     BigNMFError,
     InputError,
+    ParameterError,
     StoreExistsError,
     StoreFormatError,
     WorkersPausedError,
@@ -38,6 +39,7 @@ __all__ = [
     "InputError",
     "IterationInfo",
     "NMFResult",
+    "ParameterError",
     "Source",
     "StoreExistsError",
     "StoreFormatError",

@@ -45,6 +45,12 @@ RUN_FILE = "run.json"
 POINTER = "CURRENT"
 PREFIX = "ckpt-"
 KEEP = 2
+METRICS = "metrics.jsonl"
+WORK_W = "W-buffers.zarr"  # W between iterations when kept on disk
+CONVERTED = "A.zarr"  # the input converted by `bignmf fit` when it was not a store
+CLAIM = ".bignmf-fit.json"  # a fit's claim on the directory before its run.json exists
+# what a run writes before its first checkpoint: removed when such a run fails
+_STARTED = (RUN_FILE, POINTER, METRICS, WORK_W, "AHt-buffers.zarr")
 
 
 class CheckpointError(BigNMFError):
@@ -86,7 +92,8 @@ class Checkpoint:
         return self.path / "W"
 
 
-def _write_json_atomic(path: Path, payload: Any) -> None:
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON (or text) to ``path`` by an atomic rename: a kill leaves the old or the new."""
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     with open(tmp, "w") as f:
         f.write(payload if isinstance(payload, str) else json.dumps(payload, indent=2))
@@ -105,7 +112,8 @@ class RunDir:
     """
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+        # absolute: W's buffers are opened by workers whose working directory is not ours
+        self.path = Path(path).absolute()
 
     # -- the record
     @property
@@ -124,8 +132,11 @@ class RunDir:
                 f"{self.path} already holds a run; resume it (`bignmf resume {self.path}`) or "
                 "choose another directory"
             )
+        if self.path.exists() and not self.path.is_dir():
+            raise CheckpointError(f"{self.path} exists and is not a directory")
+        self._refuse_foreign()
         self.path.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(self.record_path, {"format_version": FORMAT_VERSION, **record})
+        write_json_atomic(self.record_path, {"format_version": FORMAT_VERSION, **record})
         return self
 
     def record(self) -> dict:
@@ -133,9 +144,83 @@ class RunDir:
         try:
             return json.loads(self.record_path.read_text())
         except FileNotFoundError:
+            if (self.path / CLAIM).is_file():
+                raise CheckpointError(
+                    f"{self.path}: the fit started here stopped before its run began (nothing "
+                    "to resume): run the same `bignmf fit` again"
+                ) from None
             raise CheckpointError(f"{self.path}: no run here (no {RUN_FILE})") from None
+        except NotADirectoryError:
+            raise CheckpointError(f"{self.path}: not a directory") from None
         except json.JSONDecodeError as err:
             raise CheckpointError(f"{self.record_path}: unreadable ({err})") from None
+
+    def discard(self) -> None:
+        """Remove what a run wrote here before its first checkpoint, so that a failed start
+        blocks no later attempt; a run with a committed checkpoint is kept (it resumes)."""
+        if self.committed():
+            return
+        for name in _STARTED:
+            path = self.path / name
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.exists():
+                path.unlink()
+        for path in self.path.glob(f".{PREFIX}*.tmp-*"):
+            shutil.rmtree(path, ignore_errors=True)
+
+    # -- a fit's claim on its directory, before the run is recorded
+    def claim(self, source: dict) -> bool:
+        """Claim this directory for a fit of ``source`` before its run is recorded.
+
+        The directory must be new, empty, or left by a fit that stopped before its run began
+        (it holds only :data:`CLAIM`, the converted input and that fit's hidden temporaries);
+        anything else is refused, naming what is there. Returns whether :data:`CONVERTED`
+        already holds ``source`` converted by that earlier fit (conversion commits it only
+        when complete, so it is reusable as is); a conversion of another source is removed.
+        """
+        if self.exists():
+            raise CheckpointError(
+                f"{self.path} already holds a run: `bignmf resume {self.path}` continues it "
+                "(or choose another --out)"
+            )
+        if self.path.exists() and not self.path.is_dir():
+            raise CheckpointError(f"{self.path} exists and is not a directory")
+        self._refuse_foreign()
+        reusable = self._claim() == source and (self.path / CONVERTED).is_dir()
+        if not reusable:
+            shutil.rmtree(self.path / CONVERTED, ignore_errors=True)
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path / CLAIM, source)
+        return reusable
+
+    def release(self, created: bool) -> None:
+        """Undo :meth:`claim` after a fit that failed before its run began: the claim goes
+        (and the directory, when the claim made it and nothing else is left), unless it holds
+        the input's conversion, which the next attempt then reuses."""
+        if self.exists() or (self.path / CONVERTED).is_dir():
+            return  # a run to resume, or a conversion the next attempt reuses
+        (self.path / CLAIM).unlink(missing_ok=True)
+        if created and self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()
+
+    def _refuse_foreign(self) -> None:
+        """Refuse a directory holding anything but a fit's own leftovers (the user's files)."""
+        claimed = self._claim() is not None
+        entries = self.path.iterdir() if self.path.is_dir() else ()
+        foreign = sorted(p.name for p in entries if not (claimed and _ours(p.name)))
+        if foreign:
+            more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+            raise CheckpointError(
+                f"{self.path} is not empty and holds no run ({', '.join(foreign[:3])}{more}): "
+                "choose a new or empty directory"
+            )
+
+    def _claim(self) -> dict | None:
+        try:
+            return json.loads((self.path / CLAIM).read_text())
+        except (OSError, ValueError):
+            return None
 
     # -- writing checkpoints
     def save(
@@ -187,7 +272,7 @@ class RunDir:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         crash_point("checkpoint-before-pointer", iteration)
-        _write_json_atomic(self.path / POINTER, name + "\n")
+        write_json_atomic(self.path / POINTER, name + "\n")
         self._prune(keep=final)
         return final
 
@@ -262,7 +347,7 @@ class RunDir:
     @property
     def metrics_path(self) -> Path:
         """``metrics.jsonl``."""
-        return self.path / "metrics.jsonl"
+        return self.path / METRICS
 
     def truncate_metrics(self, iteration: int) -> None:
         """Drop metric lines past ``iteration`` (they are redone after a resume)."""
@@ -275,4 +360,14 @@ class RunDir:
                     kept.append(line)
             except (json.JSONDecodeError, KeyError, TypeError):
                 break  # a line cut by the kill: everything after it is redone
-        _write_json_atomic(self.metrics_path, "".join(f"{line}\n" for line in kept))
+        text = "".join(f"{line}\n" for line in kept)
+        if text != self.metrics_path.read_text():  # a resume with nothing to redo changes no file
+            write_json_atomic(self.metrics_path, text)
+
+
+def _ours(name: str) -> bool:
+    """Whether a directory entry is what a fit leaves before its run begins."""
+    # the conversion's temporary store, the external sort's files, an interrupted claim write
+    return name in (CLAIM, CONVERTED, *_STARTED) or name.startswith(
+        (f".{CONVERTED}.", "bignmf-sort-", f".{CLAIM}.")
+    )

@@ -135,19 +135,41 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _as_store(path: str, run_dir: Path, key: str | None, block_nnz: int | None):
-    """A store as given, or the input converted into ``RUN_DIR/A.zarr`` first."""
+def _source(path: str, key: str | None, block_nnz: int | None) -> dict:
+    """What identifies an input to convert: a retried fit reuses its conversion only if
+    this is unchanged."""
+    stat = _existing(path).stat()
+    return {"input": str(Path(path).absolute()), "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns, "key": key, "block_nnz": block_nnz}  # fmt: skip
+
+
+def _existing(path: str) -> Path:
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    return Path(path)
+
+
+def _as_store(
+    path: str, run_dir: Path, key: str | None, block_nnz: int | None, reuse: bool = False
+):
+    """A store as given, or the input converted into ``RUN_DIR/A.zarr`` first (``reuse``: the
+    conversion an earlier attempt of the same fit committed there)."""
+    from .checkpoint import CONVERTED
     from .errors import StoreFormatError
     from .ingest import convert
     from .storage import open_matrix
 
     try:
-        return open_matrix(path, key, block_nnz=block_nnz)
+        return open_matrix(_existing(path), key, block_nnz=block_nnz)
     except StoreFormatError:
         if Path(path).is_dir() and Path(path, "zarr.json").exists() and key is None:
             raise
-    print(f"converting {path} into {run_dir / 'A.zarr'}", file=sys.stderr)
-    return convert(path, run_dir / "A.zarr", key=key, block_nnz=block_nnz)
+    converted = run_dir / CONVERTED
+    if reuse:
+        print(f"using {converted}, converted from {path} by an earlier attempt", file=sys.stderr)
+        return open_matrix(converted, block_nnz=block_nnz)
+    print(f"converting {path} into {converted}", file=sys.stderr)
+    return convert(path, converted, key=key, block_nnz=block_nnz)
 
 
 def _vocabulary(store_path: str | None, given: str | None) -> list[str] | None:
@@ -174,11 +196,12 @@ def _print_top_features(H, vocabulary: list[str] | None, n: int) -> None:
 
 def _finish(run_dir: Path, result, seconds: float, n_top: int) -> None:
     """Write W, H, summary and loss curve; print what a person wants to see."""
-    from .checkpoint import RunDir
+    from .checkpoint import RunDir, crash_point
     from .outputs import plot_loss, write_factors, write_summary
 
     record = RunDir(run_dir).record()
     w_path, h_path = write_factors(result.W, result.H, run_dir)
+    crash_point("finish-factors", result.n_iter)
     png = plot_loss(run_dir)
     norm = None
     rel = None
@@ -209,17 +232,32 @@ def _finish(run_dir: Path, result, seconds: float, n_top: int) -> None:
 def _cmd_fit(args: argparse.Namespace) -> int:
     import time
 
-    from .checkpoint import RunDir
+    from .checkpoint import RunDir, crash_point
+
+    run = RunDir(args.out)
+    run_dir = run.path
+    source = _source(args.input, args.key, args.block_nnz)
+    where = _scheduler(args)  # checks a --cluster file before a long conversion
+    created = not run_dir.exists()
+    reuse = run.claim(source)  # a new or empty --out, or what a stopped attempt left
+    try:
+        store = _as_store(args.input, run_dir, args.key, args.block_nnz, reuse)
+        crash_point("fit-converted", 0)
+        start = time.perf_counter()
+        result = _fit_in(where, store, run_dir, args)
+    except BaseException:
+        run.release(created)  # a failed start blocks no retry (a converted input is kept)
+        raise
+    _finish(run_dir, result, time.perf_counter() - start, args.top)
+    return 0
+
+
+def _fit_in(where, store, run_dir: Path, args: argparse.Namespace):
+    """``bignmf fit``'s call of :func:`bignmf.nmf` on the chosen scheduler."""
     from .engine import nmf
 
-    run_dir = Path(args.out)
-    if RunDir(run_dir).exists():
-        raise BigNMFError(f"{run_dir} already holds a run: `bignmf resume {run_dir}` continues it")
-    where = _scheduler(args)  # checks a --cluster file before a long conversion
-    store = _as_store(args.input, run_dir, args.key, args.block_nnz)
-    start = time.perf_counter()
     with where as scheduler:
-        result = nmf(
+        return nmf(
             store, args.components, solver=args.solver, beta_loss=args.beta_loss,
             init=args.init, tol=args.tol, max_iter=args.max_iter, random_state=args.seed,
             alpha_W=args.alpha_W, alpha_H=args.alpha_H, l1_ratio=args.l1_ratio,
@@ -228,8 +266,6 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             scheduler=scheduler, progress=not args.no_progress, checkpoint_dir=run_dir,
             checkpoint_every=args.checkpoint_every, checkpoint_seconds=args.checkpoint_seconds,
         )  # fmt: skip
-    _finish(run_dir, result, time.perf_counter() - start, args.top)
-    return 0
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:

@@ -18,8 +18,9 @@ from threadpoolctl import threadpool_limits
 
 from . import blockcache, columns
 from .callbacks import Checkpointer, FunctionCallback, LogIterations, MetricsFile, ProgressBar
-from .checkpoint import CheckpointError, RunDir, crc32
+from .checkpoint import WORK_W, CheckpointError, RunDir, crc32
 from .driver import FitState, IterationInfo, run
+from .errors import ParameterError
 from .factors import ZarrBlocks, choose_storage
 from .graph import Pass, placement
 from .init import INITS, InitSpec, custom_init, nndsvd_init, random_init
@@ -201,32 +202,56 @@ def nmf(
     m, n = matrix.shape
     threads = scheduler_threads(scheduler)
     n_tasks = n_tasks or 4 * threads
-    settings = _settings(
-        matrix, n_components, solver=solver, beta_loss=beta_loss, init=init,
-        seed=None if resume is not None else _seed(random_state), alpha_W=alpha_W,
-        alpha_H=alpha_H, l1_ratio=l1_ratio, n_inner=n_inner,
-        column_chunks=_column_chunks(
-            column_chunks, matrix, n_components, beta_loss, init, scheduler, n_tasks, resume
-        ),
-    )  # fmt: skip
+    try:  # every parameter is checked before anything is written
+        settings = _settings(
+            matrix, n_components, solver=solver, beta_loss=beta_loss, init=init,
+            seed=None if resume is not None else _seed(random_state), alpha_W=alpha_W,
+            alpha_H=alpha_H, l1_ratio=l1_ratio, n_inner=n_inner,
+            column_chunks=_column_chunks(
+                column_chunks, matrix, n_components, beta_loss, init, scheduler, n_tasks, resume
+            ),
+        )  # fmt: skip
+    except ValueError as error:
+        raise ParameterError(str(error)) from None
     options = {"max_iter": int(max_iter), "tol": float(tol), "w_storage": w_storage,
                "block_nnz": block_nnz, "checkpoint_every": checkpoint_every,
                "checkpoint_seconds": checkpoint_seconds,
                "cache_a": blockcache.parse_budget(cache_a)}  # fmt: skip
-    run_dir, record = _run_dir(matrix, settings, options, checkpoint_dir, resume)
-    settings = record["settings"] if record else settings
-    k = settings["n_components"]
-    params = SolverParams.from_alpha(
-        n_samples=m, n_features=n, beta_loss=settings["beta_loss"], alpha_W=alpha_W,
-        alpha_H=alpha_H, l1_ratio=l1_ratio, n_inner=settings["n_inner"],
-    )  # fmt: skip
-    plan = Pass.plan(matrix.n_blocks, n_tasks, solver, params, split_every)
+    _check_options(options, n_tasks=n_tasks, split_every=split_every)
+    try:
+        params = SolverParams.from_alpha(
+            n_samples=m, n_features=n, beta_loss=settings["beta_loss"], alpha_W=alpha_W,
+            alpha_H=alpha_H, l1_ratio=l1_ratio, n_inner=settings["n_inner"],
+        )  # fmt: skip
+        plan = Pass.plan(matrix.n_blocks, n_tasks, solver, params, split_every)
+    except ValueError as error:
+        raise ParameterError(str(error)) from None
     runner = Runner(scheduler)
+    run_dir, record = _run_dir(matrix, settings, options, checkpoint_dir, resume)
+    try:
+        return _fit(matrix, settings if record is None else record["settings"], options, params,
+                    plan, runner, run_dir, record, workdir, W, H, callback, callbacks, progress)
+    except BaseException:
+        if run_dir is not None and resume is None:
+            run_dir.discard()  # a run that fails before its first checkpoint blocks no retry
+        raise
+
+
+def _fit(matrix, settings, options, params, plan, runner, run_dir, record, workdir, W, H,
+         callback, callbacks, progress) -> NMFResult:  # fmt: skip
+    """The fit itself, once every parameter is checked and the run directory is open."""
+    (m, n), k, scheduler = matrix.shape, settings["n_components"], runner.scheduler
+    solver, w_storage = settings["solver"], options["w_storage"]
+    max_iter, tol = options["max_iter"], options["tol"]
     w_store = None
     distributed = is_distributed(scheduler)
     if choose_storage(m, k, matrix.dtype, w_storage, distributed) == "zarr":
         w_store = ZarrBlocks(_w_buffers(workdir, run_dir), matrix.row_offsets, k, matrix.dtype)
         w_store.create()
+    if distributed:  # workers open the store and W's buffers by path: fail now, naming them
+        runner.check_visible(
+            [getattr(matrix, "path", None), w_store.path if w_store is not None else None]
+        )
     reads = blockcache.cached(matrix, options["cache_a"], lambda: process_memory_bytes(scheduler))
     state = FitState(reads, plan, runner, get_solver(solver), params.beta_loss, None, w_store,
                      np.zeros((k, n), matrix.dtype))  # fmt: skip
@@ -244,7 +269,8 @@ def nmf(
     callbacks.append(LogIterations())
     if run_dir is not None:
         callbacks += [MetricsFile(run_dir),
-                      Checkpointer(run_dir, checkpoint_every, checkpoint_seconds)]  # fmt: skip
+                      Checkpointer(run_dir, options["checkpoint_every"],
+                                   options["checkpoint_seconds"])]  # fmt: skip
     try:
         with threadpool_limits(limits=1), placement(runner.workers):
             restored = run_dir.load(lambda ckpt: state.restore_w(ckpt)) if record else None
@@ -266,7 +292,7 @@ def _w_buffers(workdir, run_dir: RunDir | None) -> str:
     a new directory, so that a lazy W returned by an earlier fit is never overwritten."""
     if run_dir is not None and workdir is None:
         return os.path.join(run_dir.path, WORK_W)
-    root = workdir if workdir is not None else tempfile.gettempdir()
+    root = os.path.abspath(workdir) if workdir is not None else tempfile.gettempdir()
     os.makedirs(root, exist_ok=True)
     return os.path.join(tempfile.mkdtemp(prefix="bignmf-", dir=root), WORK_W)
 
@@ -300,6 +326,25 @@ def _settings(matrix, n_components, **values) -> dict:
     }
 
 
+def _check_options(options: dict, *, n_tasks: int, split_every: int) -> None:
+    """Refuse out-of-range run options before anything is written."""
+    checks = [
+        ("max_iter", options["max_iter"], options["max_iter"] >= 0, ">= 0"),
+        ("tol", options["tol"], np.isfinite(options["tol"]) and options["tol"] >= 0, ">= 0"),
+        ("n_tasks", n_tasks, n_tasks >= 1, ">= 1"),
+        ("split_every", split_every, split_every >= 2 and split_every & (split_every - 1) == 0,
+         "a power of two >= 2"),
+        ("checkpoint_every", options["checkpoint_every"],
+         options["checkpoint_every"] is None or options["checkpoint_every"] >= 1, ">= 1 or None"),
+        ("checkpoint_seconds", options["checkpoint_seconds"],
+         options["checkpoint_seconds"] is None or options["checkpoint_seconds"] > 0,
+         "> 0 or None"),
+    ]  # fmt: skip
+    for name, value, ok, expected in checks:
+        if not ok:
+            raise ParameterError(f"{name} must be {expected}, got {value!r}")
+
+
 def _column_chunks(requested, matrix, k, beta_loss, init, scheduler, n_tasks, resume) -> int:
     """The user's ``column_chunks``, the resumed run's, or the fewest that fit a task."""
     (m, n), k = matrix.shape, int(k)
@@ -320,7 +365,6 @@ def _column_chunks(requested, matrix, k, beta_loss, init, scheduler, n_tasks, re
     return chunks
 
 
-WORK_W = "W-buffers.zarr"  # W between iterations when kept on disk
 _MAY_CHANGE_ON_RESUME = ("seed", "init")  # only used before the first checkpoint, from the record
 
 

@@ -15,6 +15,11 @@ class InputError(BigNMFError, ValueError):
     """The input matrix is malformed: bad values, bad shape, bad indices or a bad file."""
 
 
+class ParameterError(BigNMFError, ValueError):
+    """A parameter of a fit is out of range or inconsistent; raised before anything is
+    written."""
+
+
 class StoreExistsError(BigNMFError, FileExistsError):
     """The destination store already exists and overwriting was not asked for."""
 

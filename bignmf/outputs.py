@@ -75,9 +75,12 @@ def plot_loss(run_dir: str | os.PathLike, path: str | os.PathLike | None = None)
 
 
 def write_summary(run_dir: str | os.PathLike, summary: dict) -> Path:
-    """Write ``summary.json``."""
+    """Write ``summary.json``, last of a run's outputs and atomically: its presence says they
+    are complete."""
+    from .checkpoint import write_json_atomic
+
     path = Path(run_dir) / "summary.json"
-    path.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(path, json.dumps(summary, indent=2) + "\n")
     return path
 
 

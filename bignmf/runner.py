@@ -13,6 +13,8 @@ from typing import Any
 
 import dask
 
+from .errors import BigNMFError
+
 logger = logging.getLogger(__name__)
 
 
@@ -67,6 +69,20 @@ class Runner:
                 client.run(function, *args)
             except Exception as error:  # cleaning up must not fail a finished fit
                 logger.warning("could not run %s on every worker: %s", function.__name__, error)
+
+    def check_visible(self, paths: list) -> None:
+        """Raise :class:`~bignmf.errors.BigNMFError` naming the first worker of a distributed
+        scheduler that cannot see one of ``paths`` (None entries are skipped)."""
+        client = client_of(self.scheduler)
+        paths = [os.fspath(p) for p in paths if p is not None and "://" not in os.fspath(p)]
+        if client is None or not paths:
+            return
+        for worker, missing in sorted(client.run(_missing, paths).items()):
+            if missing:
+                raise BigNMFError(
+                    f"worker {worker} cannot see {missing[0]}: the store and the run directory "
+                    "must be on storage every worker reaches, under the same path"
+                )
 
     def workers(self) -> dict[str, int] | None:
         """Threads of each worker of a distributed scheduler (None on a local one)."""
@@ -211,3 +227,8 @@ def process_memory_bytes(scheduler: Any) -> int:
 
     limits = [limit for limit, _ in _worker_memory(scheduler)]
     return int(min(limits)) if limits else machine_memory_bytes()
+
+
+def _missing(paths: list[str]) -> list[str]:
+    """Those of ``paths`` that do not exist where this runs (on a worker)."""
+    return [path for path in paths if not os.path.exists(path)]

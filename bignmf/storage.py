@@ -896,6 +896,8 @@ def open_matrix(
     if isinstance(path, CSRStore):
         return path
     path = os.fspath(path)
+    if "://" not in path:  # absolute: workers open it by path from another working directory
+        path = os.path.abspath(path)
     key = _resolve_key(path, key)
     group = _open_group(path, key)
     where = f"{path}/{key}" if key else path
