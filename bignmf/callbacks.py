@@ -88,25 +88,19 @@ class MetricsFile(Base):
 
     def __init__(self, run: RunDir):
         self.run = run
-        self.file = None
 
     def on_start(self, state: FitState, max_iter: int) -> None:
-        """Drop lines of iterations that will be redone, and open for appending."""
+        """Drop lines of iterations that will be redone."""
         self.run.truncate_metrics(state.iteration)
-        self.file = open(self.run.metrics_path, "a")  # noqa: SIM115 - closed in on_end
 
     def on_iteration(self, state: FitState, info: IterationInfo) -> None:
-        """Write and flush the iteration's line."""
+        """Append the iteration's line."""
         rel = None if info.relative_error != info.relative_error else info.relative_error
         record = {"iteration": info.iteration, "loss": info.loss, "relative_error": rel,
                   "seconds": info.seconds, "time": time.time()}  # fmt: skip
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-
-    def on_end(self, state: FitState) -> None:
-        """Close the file."""
-        if self.file is not None:
-            self.file.close()
+        # opened per line: no handle is left open when the loop stops on an exception
+        with open(self.run.metrics_path, "a") as file:
+            file.write(json.dumps(record) + "\n")
 
 
 class Checkpointer(Base):
@@ -135,7 +129,7 @@ class Checkpointer(Base):
 
     def save(self, state: FitState) -> None:
         """Commit a checkpoint of the current state now."""
-        self.run.save(state.iteration, state.history, state.H, state.save_w)
+        self.run.save(state.iteration, state.history, state.H, state.save_w, state.final_loss())
         self.last = time.monotonic()
         logger.info("checkpoint of iteration %d committed in %s", state.iteration, self.run.path)
 

@@ -85,6 +85,7 @@ class Checkpoint:
     loss_history: list[float]
     H: np.ndarray
     w_crc32: np.ndarray
+    final_loss: float | None = None  # exact loss of (W, H) as saved; None in older checkpoints
 
     @property
     def w_path(self) -> Path:
@@ -229,6 +230,7 @@ class RunDir:
         loss_history: list[float],
         H: np.ndarray,
         write_w: Callable[[Path], np.ndarray],
+        final_loss: float | None = None,
     ) -> Path:
         """Commit a checkpoint of iteration ``iteration``.
 
@@ -243,6 +245,9 @@ class RunDir:
         write_w : callable
             ``write_w(directory)`` writes W's row blocks under ``directory`` and returns their
             CRC-32s (one per block).
+        final_loss : float, optional
+            The exact loss of the saved ``(W, H)``, so that a run resumed with nothing left to
+            do reports the error the uninterrupted run reported.
 
         Returns
         -------
@@ -262,6 +267,7 @@ class RunDir:
                 "loss_history": [float(x) for x in loss_history],
                 "w_crc32": [int(x) for x in w_crc],
                 "h_crc32": crc32(H),
+                "final_loss": final_loss,
                 "created": time.time(),
             })  # fmt: skip
             final = self.path / name
@@ -312,13 +318,15 @@ class RunDir:
             history = [float(x) for x in attrs["loss_history"]]
             w_crc = np.asarray(attrs["w_crc32"], dtype=np.int64)
             h_crc = int(attrs["h_crc32"])
+            final_loss = attrs.get("final_loss")
+            final_loss = None if final_loss is None else float(final_loss)
         except Exception as err:  # any unreadable part means a damaged checkpoint
             raise CheckpointError(f"{path}: unreadable ({type(err).__name__}: {err})") from None
         if crc32(H) != h_crc:
             raise CheckpointError(f"{path}: H fails its checksum")
         if len(history) != iteration:
             raise CheckpointError(f"{path}: {len(history)} losses for {iteration} iterations")
-        return Checkpoint(path, iteration, history, H, w_crc)
+        return Checkpoint(path, iteration, history, H, w_crc, final_loss)
 
     def load(self, restore: Callable[[Checkpoint], Any]) -> tuple[Checkpoint, Any] | None:
         """The newest checkpoint that reads back intact, with what ``restore`` made of it.

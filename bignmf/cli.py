@@ -271,17 +271,42 @@ def _fit_in(where, store, run_dir: Path, args: argparse.Namespace):
 def _cmd_resume(args: argparse.Namespace) -> int:
     import time
 
+    from .checkpoint import RunDir
     from .engine import resume
 
     names = ("max_iter", "tol", "n_tasks", "cache_a")
     overrides = {name: getattr(args, name) for name in names}
     overrides = {name: value for name, value in overrides.items() if value is not None}
+    run = RunDir(args.run_dir)
+    options = {**run.record()["options"], **overrides}
     start = time.perf_counter()
     with _scheduler(args) as scheduler:
-        result = resume(args.run_dir, scheduler=scheduler, progress=not args.no_progress,
+        result = resume(run.path, scheduler=scheduler, progress=not args.no_progress,
                         **overrides)  # fmt: skip
-    _finish(Path(args.run_dir), result, time.perf_counter() - start, args.top)
+    if _summary_of(run.path, result.n_iter) is not None:  # no iteration was left to run
+        print(_already_finished(run.path, result, options), file=sys.stderr)
+        return 0
+    _finish(run.path, result, time.perf_counter() - start, args.top)
     return 0
+
+
+def _summary_of(run_dir: Path, n_iter: int) -> dict | None:
+    """The run's summary, when it was written for ``n_iter`` iterations."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if summary.get("n_iter") == n_iter else None
+
+
+def _already_finished(run_dir: Path, result, options: dict) -> str:
+    """Why a resume ran nothing, and how to go on."""
+    if result.converged:
+        return (f"{run_dir}: converged at iteration {result.n_iter} (--tol {options['tol']:g}); "
+                "nothing changed. To go on, pass --tol 0 (or a smaller --tol) and a higher "
+                "--max-iter")  # fmt: skip
+    return (f"{run_dir}: finished: {result.n_iter} iterations, max_iter {options['max_iter']}; "
+            "nothing changed. Pass a higher --max-iter to go further")  # fmt: skip
 
 
 def _cmd_transform(args: argparse.Namespace) -> int:

@@ -67,6 +67,7 @@ class FitState:
     acc: dict | None = None
     converged: bool = False
     two_passes: TwoPasses | None = None  # H cut into column ranges (wide matrices)
+    saved_loss: float | None = None  # final_loss of the checkpoint restored, until a step
 
     @property
     def norm_a_sq(self) -> float:
@@ -112,6 +113,8 @@ class FitState:
 
     def final_loss(self) -> float:
         """Loss of the current (W, H): exact from the last sums for Frobenius."""
+        if self.acc is None and self.saved_loss is not None:
+            return self.saved_loss
         if self.acc is None or self.beta != 2:
             return self.history[-1] if self.history else float("nan")
         Ht = np.ascontiguousarray(self.H.T, dtype=np.float64)
@@ -156,6 +159,7 @@ class FitState:
         self.H = np.ascontiguousarray(checkpoint.H, dtype=self.H.dtype)
         self.history = list(checkpoint.loss_history)
         self.acc = None
+        self.saved_loss = checkpoint.final_loss
 
     def w_blocks(self):
         """Yield W's row blocks in order (one group in memory at a time)."""
