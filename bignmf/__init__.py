@@ -1,13 +1,13 @@
 """bignmf: out-of-core, distributed non-negative matrix factorization on Dask and Zarr."""
 
-from importlib.metadata import PackageNotFoundError, version
-
+from ._version import __version__
 from .cluster import connect
 from .driver import IterationInfo
 from .engine import NMFResult, nmf, resume
 from .errors import (
     BigNMFError,
     InputError,
+    ObjectiveIncreaseWarning,
     ParameterError,
     StoreExistsError,
     StoreFormatError,
@@ -16,11 +16,6 @@ from .errors import (
 from .ingest import convert
 from .storage import CSRStore, open_matrix, write_matrix
 from .types import Source
-
-try:
-    __version__ = version("bignmf")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
 
 
 def __getattr__(name: str):
@@ -39,6 +34,7 @@ __all__ = [
     "InputError",
     "IterationInfo",
     "NMFResult",
+    "ObjectiveIncreaseWarning",
     "ParameterError",
     "Source",
     "StoreExistsError",

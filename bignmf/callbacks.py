@@ -75,14 +75,23 @@ class LogIterations(Base):
 
     def on_iteration(self, state: FitState, info: IterationInfo) -> None:
         """Log the iteration."""
-        logger.info("iteration %d/%d loss %.9g relative error %.6g (%.3fs)", info.iteration,
-                    info.max_iter, info.loss, info.relative_error, info.seconds)  # fmt: skip
+        logger.info(
+            "iteration %d/%d loss %.9g objective %.9g relative error %.6g (%.3fs)",
+            info.iteration,
+            info.max_iter,
+            info.loss,
+            info.objective,
+            info.relative_error,
+            info.seconds,
+        )
 
 
 class MetricsFile(Base):
     """Appends one JSON line per iteration to the run's ``metrics.jsonl``.
 
-    Lines: ``{"iteration", "loss", "relative_error", "seconds", "time"}``. On resume the lines
+    Lines: ``{"iteration", "loss", "objective", "relative_error", "seconds", "time"}`` —
+    ``loss`` the divergence, ``objective`` it plus the penalties (what the stopping rule reads;
+    see :class:`~bignmf.driver.IterationInfo`). On resume the lines
     past the checkpoint are dropped first, so the file always describes the run's one history.
     """
 
@@ -96,8 +105,14 @@ class MetricsFile(Base):
     def on_iteration(self, state: FitState, info: IterationInfo) -> None:
         """Append the iteration's line."""
         rel = None if info.relative_error != info.relative_error else info.relative_error
-        record = {"iteration": info.iteration, "loss": info.loss, "relative_error": rel,
-                  "seconds": info.seconds, "time": time.time()}  # fmt: skip
+        record = {
+            "iteration": info.iteration,
+            "loss": info.loss,
+            "objective": info.objective,
+            "relative_error": rel,
+            "seconds": info.seconds,
+            "time": time.time(),
+        }
         # opened per line: no handle is left open when the loop stops on an exception
         with open(self.run.metrics_path, "a") as file:
             file.write(json.dumps(record) + "\n")
@@ -129,7 +144,14 @@ class Checkpointer(Base):
 
     def save(self, state: FitState) -> None:
         """Commit a checkpoint of the current state now."""
-        self.run.save(state.iteration, state.history, state.H, state.save_w, state.final_loss())
+        self.run.save(
+            state.iteration,
+            state.history,
+            state.H,
+            state.save_w,
+            state.final_loss(),
+            objective_history=state.objective_history,
+        )
         self.last = time.monotonic()
         logger.info("checkpoint of iteration %d committed in %s", state.iteration, self.run.path)
 

@@ -48,6 +48,7 @@ KEEP = 2
 METRICS = "metrics.jsonl"
 WORK_W = "W-buffers.zarr"  # W between iterations when kept on disk
 CONVERTED = "A.zarr"  # the input converted by `bignmf fit` when it was not a store
+CONVERTED_NAMES = CONVERTED + ".vocab.txt"  # its column names, from an AnnData input
 CLAIM = ".bignmf-fit.json"  # a fit's claim on the directory before its run.json exists
 # what a run writes before its first checkpoint: removed when such a run fails
 _STARTED = (RUN_FILE, POINTER, METRICS, WORK_W, "AHt-buffers.zarr")
@@ -86,6 +87,8 @@ class Checkpoint:
     H: np.ndarray
     w_crc32: np.ndarray
     final_loss: float | None = None  # exact loss of (W, H) as saved; None in older checkpoints
+    # loss + penalties per iteration (what the stopping rule reads); None in older checkpoints
+    objective_history: list[float] | None = None
 
     @property
     def w_path(self) -> Path:
@@ -191,6 +194,7 @@ class RunDir:
         reusable = self._claim() == source and (self.path / CONVERTED).is_dir()
         if not reusable:
             shutil.rmtree(self.path / CONVERTED, ignore_errors=True)
+            (self.path / CONVERTED_NAMES).unlink(missing_ok=True)
         self.path.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.path / CLAIM, source)
         return reusable
@@ -231,6 +235,7 @@ class RunDir:
         H: np.ndarray,
         write_w: Callable[[Path], np.ndarray],
         final_loss: float | None = None,
+        objective_history: list[float] | None = None,
     ) -> Path:
         """Commit a checkpoint of iteration ``iteration``.
 
@@ -248,6 +253,9 @@ class RunDir:
         final_loss : float, optional
             The exact loss of the saved ``(W, H)``, so that a run resumed with nothing left to
             do reports the error the uninterrupted run reported.
+        objective_history : list of float, optional
+            The objective (loss + penalties) after each iteration, which the stopping rule
+            reads: a resumed run then stops where the uninterrupted one does.
 
         Returns
         -------
@@ -268,6 +276,8 @@ class RunDir:
                 "w_crc32": [int(x) for x in w_crc],
                 "h_crc32": crc32(H),
                 "final_loss": final_loss,
+                "objective_history": None if objective_history is None
+                else [float(x) for x in objective_history],
                 "created": time.time(),
             })  # fmt: skip
             final = self.path / name
@@ -320,13 +330,19 @@ class RunDir:
             h_crc = int(attrs["h_crc32"])
             final_loss = attrs.get("final_loss")
             final_loss = None if final_loss is None else float(final_loss)
+            objective = attrs.get("objective_history")
+            objective = None if objective is None else [float(x) for x in objective]
         except Exception as err:  # any unreadable part means a damaged checkpoint
             raise CheckpointError(f"{path}: unreadable ({type(err).__name__}: {err})") from None
         if crc32(H) != h_crc:
             raise CheckpointError(f"{path}: H fails its checksum")
         if len(history) != iteration:
             raise CheckpointError(f"{path}: {len(history)} losses for {iteration} iterations")
-        return Checkpoint(path, iteration, history, H, w_crc, final_loss)
+        if objective is not None and len(objective) != iteration:
+            raise CheckpointError(
+                f"{path}: {len(objective)} objective values for {iteration} iterations"
+            )
+        return Checkpoint(path, iteration, history, H, w_crc, final_loss, objective)
 
     def load(self, restore: Callable[[Checkpoint], Any]) -> tuple[Checkpoint, Any] | None:
         """The newest checkpoint that reads back intact, with what ``restore`` made of it.
@@ -376,6 +392,6 @@ class RunDir:
 def _ours(name: str) -> bool:
     """Whether a directory entry is what a fit leaves before its run begins."""
     # the conversion's temporary store, the external sort's files, an interrupted claim write
-    return name in (CLAIM, CONVERTED, *_STARTED) or name.startswith(
+    return name in (CLAIM, CONVERTED, CONVERTED_NAMES, *_STARTED) or name.startswith(
         (f".{CONVERTED}.", "bignmf-sort-", f".{CLAIM}.")
     )

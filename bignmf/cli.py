@@ -9,15 +9,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__
 from ._memory import fix_mmap_threshold
-from .errors import BigNMFError
+from ._version import __version__
+from .driver import STOPPING
+from .errors import BigNMFError, ParameterError, StoreExistsError
+from .init import INITS
+from .kernels.solvers import BETA_NAMES, SOLVERS
 from .storage import CODECS, DEFAULT_CHUNK_SIZE, DEFAULT_CODEC
+from .vocabulary import find_vocabulary, vocabulary_path
 
 
 def _human_bytes(n: float) -> str:
@@ -37,16 +44,6 @@ def _progress_bar(total: int, enabled: bool, desc: str):
     )
 
 
-def _add_store_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
-    p.add_argument("--dtype", choices=["float32", "float64"], help="dtype of stored values")
-    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="elements per chunk")
-    p.add_argument("--block-nnz", type=int, help="target nonzeros per row block (4 chunks)")
-    p.add_argument("--block-rows", type=int, help="fixed rows per row block instead")
-    p.add_argument("--codec", choices=sorted(CODECS), default=DEFAULT_CODEC)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
 def _cache_size(text: str):
     from .blockcache import parse_budget
 
@@ -54,29 +51,6 @@ def _cache_size(text: str):
         return parse_budget(text) or 0  # 0, not None: `resume --cache-a 0` turns it off
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _add_run_options(p: argparse.ArgumentParser) -> None:
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--scheduler", default="local",
-                       help="local (embedded LocalCluster, default), threads, sync, or an "
-                            "address like tcp://host:8786")  # fmt: skip
-    where.add_argument("--cluster", metavar="FILE",
-                       help="a cluster YAML file (kind local, address, slurm, pbs, kubernetes "
-                            "or ssh; see cluster_configs/)")  # fmt: skip
-    p.add_argument("--workers", type=int, help="workers of the embedded LocalCluster")
-    p.add_argument("--n-tasks", type=int,
-                   help="tasks per pass (default 4 per thread; more: smaller tasks, less memory "
-                        "each)")  # fmt: skip
-    p.add_argument("--cache-a", metavar="SIZE", type=_cache_size,
-                   help="keep A's decoded row blocks in each worker's memory between "
-                        "iterations, up to SIZE per worker (e.g. 4GiB, or auto: a quarter of "
-                        "its memory limit; 0: off); saves decoding A every pass. Default: off, "
-                        "or on resume the run's setting")  # fmt: skip
-    p.add_argument("--checkpoint-every", type=int, default=10, help="iterations")
-    p.add_argument("--checkpoint-seconds", type=float, default=600.0)
-    p.add_argument("--top", type=int, default=10, help="top features printed (0: none)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _scheduler(args: argparse.Namespace):
@@ -172,19 +146,6 @@ def _as_store(
     return convert(path, converted, key=key, block_nnz=block_nnz)
 
 
-def _vocabulary(store_path: str | None, given: str | None) -> list[str] | None:
-    """The vocabulary file named, or ``<store>.vocab.txt`` beside the input store."""
-    from .datasets import vocabulary_path
-
-    candidates = [given] if given else ([vocabulary_path(store_path)] if store_path else [])
-    for candidate in candidates:
-        if Path(candidate).is_file():
-            return Path(candidate).read_text(encoding="utf-8").splitlines()
-        if given:
-            raise FileNotFoundError(f"vocabulary file {given} not found")
-    return None
-
-
 def _print_top_features(H, vocabulary: list[str] | None, n: int) -> None:
     from .outputs import top_features
 
@@ -202,7 +163,12 @@ def _finish(run_dir: Path, result, seconds: float, n_top: int) -> None:
     record = RunDir(run_dir).record()
     w_path, h_path = write_factors(result.W, result.H, run_dir)
     crash_point("finish-factors", result.n_iter)
-    png = plot_loss(run_dir)
+    try:
+        png = plot_loss(run_dir)
+    except ImportError as error:
+        png = None
+        print(f"loss curve skipped: matplotlib cannot be imported ({error}); pip install "
+              "matplotlib, or the 'plots' extra", file=sys.stderr)  # fmt: skip
     norm = None
     rel = None
     if result.loss_history and record["settings"]["beta_loss"] == 2:
@@ -223,7 +189,7 @@ def _finish(run_dir: Path, result, seconds: float, n_top: int) -> None:
           + (f" (relative {rel:.4f})" if rel is not None else ""))  # fmt: skip
     print(f"W: {w_path}  H: {h_path}  metrics: {run_dir / 'metrics.jsonl'}")
     print(f"summary: {run_dir / 'summary.json'}" + (f"  loss curve: {png}" if png else ""))
-    vocabulary = _vocabulary(record["matrix"].get("path"), None)
+    vocabulary = find_vocabulary(record["matrix"].get("path"), result.H.shape[1])
     if n_top and vocabulary is not None:
         print("top features:")
         _print_top_features(result.H, vocabulary, n_top)
@@ -259,7 +225,8 @@ def _fit_in(where, store, run_dir: Path, args: argparse.Namespace):
     with where as scheduler:
         return nmf(
             store, args.components, solver=args.solver, beta_loss=args.beta_loss,
-            init=args.init, tol=args.tol, max_iter=args.max_iter, random_state=args.seed,
+            init=args.init, tol=args.tol, stopping=args.stopping, max_iter=args.max_iter,
+            random_state=args.seed,
             alpha_W=args.alpha_W, alpha_H=args.alpha_H, l1_ratio=args.l1_ratio,
             n_inner=args.n_inner, w_storage=args.w_storage, block_nnz=args.block_nnz,
             column_chunks=args.column_chunks, n_tasks=args.n_tasks, cache_a=args.cache_a,
@@ -274,7 +241,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     from .checkpoint import RunDir
     from .engine import resume
 
-    names = ("max_iter", "tol", "n_tasks", "cache_a")
+    names = ("max_iter", "tol", "stopping", "n_tasks", "cache_a")
     overrides = {name: getattr(args, name) for name in names}
     overrides = {name: value for name, value in overrides.items() if value is not None}
     run = RunDir(args.run_dir)
@@ -321,7 +288,7 @@ def _cmd_transform(args: argparse.Namespace) -> int:
     H = zarr.open_array(Path(args.run_dir) / "H.zarr", mode="r")[...]
     out = Path(args.out)
     if out.exists() and not args.overwrite:
-        raise BigNMFError(f"{out} already exists (pass --overwrite to replace it)")
+        raise StoreExistsError(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # a converted input and W's working blocks live only as long as the command
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".bignmf-transform-") as tmp:
@@ -354,7 +321,13 @@ def _cmd_top_features(args: argparse.Namespace) -> int:
         H = run.read(run.committed()[0]).H
     else:
         raise BigNMFError(f"{args.run_dir} has neither H.zarr nor a checkpoint yet")
-    _print_top_features(H, _vocabulary(record["matrix"].get("path"), args.vocab), args.n)
+    store = record["matrix"].get("path")
+    vocabulary = find_vocabulary(store, H.shape[1], args.vocab)
+    if vocabulary is None:
+        print(f"no vocabulary found for {store or 'this run'}: printing column numbers; give "
+              f"one name per line with --vocab FILE, or as {vocabulary_path(store or 'A.zarr')}",
+              file=sys.stderr)  # fmt: skip
+    _print_top_features(H, vocabulary, args.n)
     return 0
 
 
@@ -392,7 +365,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from .storage import open_matrix
 
-    info = open_matrix(args.path, key=args.key).info()
+    path = _existing(args.path)
+    if path.is_file():
+        raise BigNMFError(f"{path} is a file, not a store: convert it first "
+                          f"(bignmf convert {path} {path.with_suffix('.zarr')})")  # fmt: skip
+    info = open_matrix(path, key=args.key).info()
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -425,114 +402,292 @@ def _print_info(info: dict) -> None:
         print(f"{k:<{width}}  {v}")
 
 
+DEMO_CORPUS = """The corpus is built offline from what this Python has installed, so its size
+depends on it: the docstrings (200 characters or more, duplicates dropped) of the standard
+library and the installed packages, read without importing them; a seeded sample of at most
+--max-documents of them; terms kept when found in at least 5 documents and at most half of
+them. A fresh environment with only bignmf and its dependencies gives about 9,900 documents x
+7,200 terms; more packages give more documents, up to --max-documents.
+"""
+
+STOPPING_HELP = ("rule for --tol, on the objective (loss + penalties): relative = stop when one "
+                 "iteration lowers it by less than TOL times its value; sklearn = "
+                 "scikit-learn's MU rule, checked every 10 iterations")  # fmt: skip
+
+EXAMPLES = """examples:
+  bignmf demo                                      topics of the installed packages' docstrings
+  bignmf fit counts.mtx.gz -k 30 --out run/        convert, factorize, checkpoint
+  bignmf resume run/ --max-iter 400                after a kill, or to go further
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit status 2); the usage is left to ``--help``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.required or "default" in text:
+            return text
+        if action.nargs == 0:  # a flag
+            return f"{text} (default: off)" if action.dest not in ("help", "version") else text
+        return f"{text} (default: {'none' if action.default is None else '%(default)s'})"
+
+
+def _number(kind: type, low: float, *, above: bool = False, high: float | None = None):
+    """An argparse type: a finite ``kind`` >= ``low`` (> with ``above``), <= ``high``."""
+    bound = f"> {low:g}" if above else f">= {low:g}"
+    bound = bound if high is None else f"between {low:g} and {high:g}"
+    noun = "an integer" if kind is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {noun} {bound}, got {text!r}") from None
+        if not (
+            math.isfinite(value)
+            and (value > low if above else value >= low)
+            and (high is None or value <= high)
+        ):
+            raise argparse.ArgumentTypeError(f"must be {noun} {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+POSITIVE = _number(int, 1)
+COUNT = _number(int, 0)
+NON_NEGATIVE = _number(float, 0)
+SECONDS = _number(float, 0, above=True)
+RATIO = _number(float, 0, high=1)
+
+
+def _alpha_h(text: str):
+    return text if text == "same" else NON_NEGATIVE(text)
+
+
+def _add_store_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.add_argument("--dtype", choices=["float32", "float64"],
+                   help="dtype of stored values (default: float32/float64 as given, integers "
+                        "become float32)")  # fmt: skip
+    p.add_argument("--chunk-size", type=POSITIVE, default=DEFAULT_CHUNK_SIZE,
+                   help="elements per chunk")  # fmt: skip
+    p.add_argument("--block-nnz", type=POSITIVE,
+                   help="target nonzeros per row block (default: 4 chunks)")  # fmt: skip
+    p.add_argument("--block-rows", type=POSITIVE, help="fixed rows per row block instead")
+    p.add_argument("--codec", choices=sorted(CODECS), default=DEFAULT_CODEC,
+                   help="compression of the stored arrays")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", default="local",
+                       help="local (an embedded LocalCluster, one worker process per core), "
+                            "threads, sync, or an address like tcp://host:8786")  # fmt: skip
+    where.add_argument("--cluster", metavar="FILE",
+                       help="a cluster YAML file (kind local, address, slurm, pbs, kubernetes "
+                            "or ssh; see cluster_configs/)")  # fmt: skip
+    p.add_argument("--workers", type=POSITIVE,
+                   help="workers of the embedded LocalCluster (default: one per core)")  # fmt: skip
+    p.add_argument("--n-tasks", type=POSITIVE,
+                   help="tasks per pass (default: 4 per thread; more: smaller tasks, less "
+                        "memory each)")  # fmt: skip
+    p.add_argument("--cache-a", metavar="SIZE", type=_cache_size,
+                   help="keep A's decoded row blocks in each worker's memory between "
+                        "iterations, up to SIZE per worker (e.g. 4GiB, or auto: a quarter of "
+                        "its memory limit; 0: off); saves decoding A every pass (default: off, "
+                        "or on resume the run's setting)")  # fmt: skip
+    p.add_argument("--checkpoint-every", type=POSITIVE, default=10,
+                   help="iterations between checkpoints")  # fmt: skip
+    p.add_argument("--checkpoint-seconds", type=SECONDS, default=600.0,
+                   help="seconds between checkpoints")  # fmt: skip
+    p.add_argument("--top", type=COUNT, default=10, help="top features printed (0: none)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``bignmf`` command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bignmf",
         description="Out-of-core, distributed NMF of large sparse matrices.",
+        epilog=EXAMPLES,
+        formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"bignmf {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every iteration")
-    sub = parser.add_subparsers(dest="command", required=True)
+    verbose = {"action": "store_true", "help": "log every iteration"}
+    parser.add_argument("-v", "--verbose", **verbose)
+    # -v after the subcommand too; SUPPRESS keeps it from resetting a -v given before
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", default=argparse.SUPPRESS, **verbose)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("convert", help="convert a matrix file into a bignmf store")
+    def command(name: str, help: str, **options) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, parents=[common],
+                              formatter_class=_Formatter, **options)  # fmt: skip
+
+    p = command("convert", "convert a matrix file into a bignmf store")
     p.add_argument("src", help=".npz, .mtx[.gz], .h5ad, AnnData .zarr or dense Zarr array")
     p.add_argument("dst", help="directory of the new store")
     p.add_argument("--format", help="source format when the suffix does not tell")
-    p.add_argument("--key", help="matrix inside an AnnData file (default X)")
-    p.add_argument("--slab-nnz", type=int, help="nonzeros read from the source at a time")
-    p.add_argument("--memory-nnz", type=int, help="entries the external sort holds in memory")
+    p.add_argument("--key", help="matrix inside an AnnData file (default: X)")
+    p.add_argument("--slab-nnz", type=POSITIVE,
+                   help="nonzeros read from the source at a time (default: 1M)")  # fmt: skip
+    p.add_argument("--memory-nnz", type=POSITIVE,
+                   help="entries the external sort holds in memory (default: 4M)")  # fmt: skip
     p.add_argument("--tmpdir", help="external sort's temporary files (default: beside DST)")
     _add_store_options(p)
     p.set_defaults(func=_cmd_convert)
 
-    p = sub.add_parser("info", help="describe a stored matrix")
-    p.add_argument("path")
-    p.add_argument("--key", help="matrix inside an AnnData store (default X)")
+    p = command("info", "describe a stored matrix")
+    p.add_argument("path", help="a bignmf store or an AnnData .zarr store")
+    p.add_argument("--key", help="matrix inside an AnnData store (default: X)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("demo", help="topics of the docstrings of the installed packages")
+    p = command("demo", "topics of the docstrings of the installed packages",
+                epilog=DEMO_CORPUS)  # fmt: skip
     p.add_argument("--out", default="bignmf-demo", help="directory of the corpus and runs")
-    p.add_argument("-k", "--components", type=int, default=20)
-    p.add_argument("--max-documents", type=int, default=20000)
-    p.add_argument("--max-iter", type=int, default=200)
+    p.add_argument("-k", "--components", type=POSITIVE, default=20, help="topics")
+    p.add_argument("--max-documents", type=POSITIVE, default=20000,
+                   help="at most this many documents")  # fmt: skip
+    p.add_argument("--max-iter", type=POSITIVE, default=200, help="iterations at most")
     p.add_argument("--scheduler", default="local", help="local, threads, sync or an address")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("fit", help="factorize a matrix into a run directory (checkpointed)")
+    p = command("fit", "factorize a matrix into a run directory (checkpointed)")
     p.add_argument("input", help="a store, AnnData .zarr, or any file `bignmf convert` reads")
-    p.add_argument("-k", "--components", type=int, required=True, help="rank k")
-    p.add_argument("--out", required=True, help="run directory (must not hold a run)")
-    p.add_argument("--solver", default="hals", choices=["hals", "mu", "bpp"])
-    p.add_argument("--beta-loss", default="frobenius",
-                   choices=["frobenius", "kullback-leibler", "itakura-saito"])  # fmt: skip
-    p.add_argument("--init", choices=["random", "nndsvd", "nndsvda", "nndsvdar"],
-                   help="default: nndsvda (as scikit-learn)")  # fmt: skip
-    p.add_argument("--tol", type=float, default=1e-4, help="relative loss decrease to stop at")
-    p.add_argument("--max-iter", type=int, default=200)
-    p.add_argument("--seed", type=int, help="random seed (recorded in the run)")
-    p.add_argument("--alpha-W", type=float, default=0.0)
-    p.add_argument("--alpha-H", default="same", type=lambda v: v if v == "same" else float(v))
-    p.add_argument("--l1-ratio", type=float, default=0.0)
-    p.add_argument("--n-inner", type=int, help="HALS sweeps per pass over A (default 1)")
-    p.add_argument("--key", help="matrix inside an AnnData store (default X)")
-    p.add_argument("--block-nnz", type=int, help="re-plan row blocks of a foreign store")
-    p.add_argument("--w-storage", default="auto", choices=["auto", "memory", "zarr"])
-    p.add_argument("--column-chunks", type=int, metavar="R",
-                   help="cut H into R column ranges, two passes per iteration (very "
-                        "wide matrices; default: only when H would not fit a task)")  # fmt: skip
+    p.add_argument("-k", "--components", type=POSITIVE, required=True, help="rank k (required)")
+    p.add_argument("--out", required=True,
+                   help="run directory: new, empty, or left by a stopped attempt of a fit "
+                        "(required)")  # fmt: skip
+    p.add_argument("--solver", default="hals", choices=sorted(SOLVERS), help="the solver")
+    p.add_argument("--beta-loss", default="frobenius", choices=sorted(BETA_NAMES),
+                   help="the divergence (other than frobenius: --solver mu)")  # fmt: skip
+    p.add_argument("--init", choices=[name for name in INITS if name != "custom"],
+                   help="initialisation (default: nndsvda, or random when k > min(m, n), as "
+                        "scikit-learn)")  # fmt: skip
+    p.add_argument("--tol", type=NON_NEGATIVE, default=1e-4,
+                   help="tolerance of the stopping rule (0: run --max-iter "
+                        "iterations)")  # fmt: skip
+    p.add_argument("--max-iter", type=POSITIVE, default=200, help="iterations at most")
+    p.add_argument("--stopping", choices=sorted(STOPPING), default="relative", help=STOPPING_HELP)
+    p.add_argument("--seed", type=COUNT,
+                   help="random seed (default: drawn, and recorded in the run)")  # fmt: skip
+    p.add_argument("--alpha-W", type=NON_NEGATIVE, default=0.0,
+                   help="regularisation of W (scikit-learn's alpha_W)")  # fmt: skip
+    p.add_argument("--alpha-H", default="same", type=_alpha_h,
+                   help="regularisation of H, or 'same' as --alpha-W")  # fmt: skip
+    p.add_argument("--l1-ratio", type=RATIO, default=0.0,
+                   help="L1 share of the regularisation, in [0, 1]")  # fmt: skip
+    p.add_argument("--n-inner", type=POSITIVE, help="HALS sweeps per pass over A (default: 1)")
+    p.add_argument("--key", help="matrix inside an AnnData store (default: X)")
+    p.add_argument("--block-nnz", type=POSITIVE,
+                   help="re-plan the row blocks of a foreign store (default: the store's "
+                        "plan)")  # fmt: skip
+    p.add_argument("--w-storage", default="auto", choices=["auto", "memory", "zarr"],
+                   help="where W lives between iterations (auto: memory when it fits, Zarr on "
+                        "a cluster)")  # fmt: skip
+    p.add_argument("--column-chunks", type=POSITIVE, metavar="R",
+                   help="cut H into R column ranges, two passes per iteration (very wide "
+                        "matrices; default: only when H would not fit a task)")  # fmt: skip
     _add_run_options(p)
     p.set_defaults(func=_cmd_fit)
 
-    p = sub.add_parser("resume", help="continue a run from its newest intact checkpoint")
-    p.add_argument("run_dir")
-    p.add_argument("--max-iter", type=int, help="raise the iteration limit")
-    p.add_argument("--tol", type=float)
+    p = command("resume", "continue a run from its newest intact checkpoint")
+    p.add_argument("run_dir", help="the run directory")
+    p.add_argument("--max-iter", type=POSITIVE,
+                   help="raise the iteration limit (default: the run's)")  # fmt: skip
+    p.add_argument("--tol", type=NON_NEGATIVE, help="another tolerance (default: the run's)")
+    p.add_argument("--stopping", choices=sorted(STOPPING),
+                   help=f"{STOPPING_HELP} (default: the run's)")  # fmt: skip
     _add_run_options(p)
     p.set_defaults(func=_cmd_resume)
 
-    p = sub.add_parser("transform", help="coefficients of new rows against a run's H")
-    p.add_argument("run_dir")
+    p = command("transform", "coefficients of new rows against a run's H")
+    p.add_argument("run_dir", help="the run directory")
     p.add_argument("input", help="a store, AnnData .zarr, or any file `bignmf convert` reads")
     p.add_argument("--out", required=True, help="Zarr array written with W (rows x k)")
-    p.add_argument("--key", help="matrix inside an AnnData store (default X)")
-    p.add_argument("--max-iter", type=int, default=200, help="MU iterations (non-Frobenius)")
+    p.add_argument("--key", help="matrix inside an AnnData store (default: X)")
+    p.add_argument("--max-iter", type=POSITIVE, default=200,
+                   help="MU iterations (non-Frobenius)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--scheduler", default="threads", help="threads, sync, local or an address")
-    p.add_argument("--workers", type=int, help="workers of an embedded LocalCluster")
+    p.add_argument("--workers", type=POSITIVE,
+                   help="workers of an embedded LocalCluster (default: one per core)")  # fmt: skip
     p.set_defaults(func=_cmd_transform)
 
-    p = sub.add_parser("top-features", help="print each component's top features")
-    p.add_argument("run_dir")
-    p.add_argument("--vocab", help="one feature name per line (default: <input>.vocab.txt)")
-    p.add_argument("-n", type=int, default=10, help="features per component")
+    p = command("top-features", "print each component's top features")
+    p.add_argument("run_dir", help="the run directory")
+    p.add_argument("--vocab",
+                   help="one feature name per line (default: <store>.vocab.txt, or an AnnData "
+                        "store's var_names)")  # fmt: skip
+    p.add_argument("-n", type=POSITIVE, default=10, help="features per component")
     p.set_defaults(func=_cmd_top_features)
 
-    p = sub.add_parser("generate", help="write a seeded synthetic low-rank sparse matrix")
-    p.add_argument("dst")
-    p.add_argument("--rows", type=int, default=100_000)
-    p.add_argument("--cols", type=int, default=20_000)
-    p.add_argument("-k", "--components", type=int, default=20, help="planted rank")
-    p.add_argument("--nnz-per-row", type=float, default=50)
-    p.add_argument("--seed", type=int, default=0)
+    p = command("generate", "write a seeded synthetic low-rank sparse matrix")
+    p.add_argument("dst", help="directory of the new store")
+    p.add_argument("--rows", type=POSITIVE, default=100_000, help="rows")
+    p.add_argument("--cols", type=POSITIVE, default=20_000, help="columns")
+    p.add_argument("-k", "--components", type=POSITIVE, default=20, help="planted rank")
+    p.add_argument("--nnz-per-row", type=_number(float, 0, above=True), default=50,
+                   help="mean nonzeros per row")  # fmt: skip
+    p.add_argument("--seed", type=COUNT, default=0, help="random seed")
     _add_store_options(p)
     p.set_defaults(func=_cmd_generate)
     return parser
 
 
+def _user_error(error: BaseException, args: argparse.Namespace | None) -> str:
+    """The one line a user sees for an error of theirs, in the CLI's words."""
+    if isinstance(error, StoreExistsError):
+        return error.message("--overwrite")
+    text = str(error)
+    if isinstance(error, ParameterError) and args is not None:
+        for name, flag in _flags(args).items():  # Python keywords as the CLI's flags
+            text = re.sub(rf"\b{name}\b", flag, text)
+    return " ".join(text.split()) or type(error).__name__
+
+
+def _flags(args: argparse.Namespace) -> dict[str, str]:
+    """Keyword → flag, for the options of the command that ran."""
+    flags = {name: "--" + name.replace("_", "-") for name in vars(args)}
+    flags.update(n_components="-k", random_state="--seed")
+    return flags
+
+
+USER_ERRORS = (BigNMFError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+               PermissionError, FileExistsError)  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bignmf`` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    if args.verbose:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    handler: Callable[[argparse.Namespace], int] = args.func
+    args = None
     try:
-        return handler(args)
-    except (BigNMFError, FileNotFoundError) as err:
-        print(f"bignmf: error: {err}", file=sys.stderr)
+        args = build_parser().parse_args(argv)
+        if args.verbose:
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        handler: Callable[[argparse.Namespace], int] = args.func
+        status = handler(args)
+        sys.stdout.flush()  # a closed pipe fails here, not in the interpreter's exit
+        return status
+    except USER_ERRORS as err:
+        print(f"bignmf: error: {_user_error(err, args)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (`bignmf top-features RUN | head`): end quietly; stdout is
+        # pointed at devnull so that flushing it at exit raises nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

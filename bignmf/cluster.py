@@ -668,7 +668,7 @@ def _launcher(kind: str) -> Any:
     except ImportError as err:
         raise MissingLauncherError(
             f"cluster kind '{kind}' needs {spec.package}, which could not be imported ({err}); "
-            f"install it with: pip install 'bignmf[{spec.extra}]'"
+            f"install it with: pip install 'bignmf-dask[{spec.extra}]'"
         ) from err
 
 

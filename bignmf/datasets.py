@@ -49,6 +49,7 @@ import scipy.sparse as sp
 
 from bignmf.errors import InputError, StoreExistsError
 from bignmf.types import Source
+from bignmf.vocabulary import load_vocabulary, vocabulary_path
 
 if TYPE_CHECKING:
     from bignmf.storage import CSRStore
@@ -390,23 +391,6 @@ def _write_lines(path: Path, lines: Iterable[str]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def vocabulary_path(dst: str | os.PathLike) -> Path:
-    """Where :func:`docstring_corpus` writes the vocabulary of the store ``dst``.
-
-    Parameters
-    ----------
-    dst : str or path-like
-        The store.
-
-    Returns
-    -------
-    pathlib.Path
-        ``<dst>.vocab.txt``, beside the store (``docs.zarr`` gives ``docs.zarr.vocab.txt``).
-    """
-    dst = Path(dst)
-    return dst.with_name(dst.name + ".vocab.txt")
-
-
 def titles_path(dst: str | os.PathLike) -> Path:
     """Where :func:`docstring_corpus` writes the document names of the store ``dst``.
 
@@ -422,24 +406,6 @@ def titles_path(dst: str | os.PathLike) -> Path:
     """
     dst = Path(dst)
     return dst.with_name(dst.name + ".titles.txt")
-
-
-def load_vocabulary(path: str | os.PathLike) -> list[str]:
-    """Read a vocabulary (or titles) file: one entry per line, UTF-8.
-
-    Parameters
-    ----------
-    path : str or path-like
-        A file as :func:`docstring_corpus` writes them (see :func:`vocabulary_path`).
-
-    Returns
-    -------
-    list of str
-        Entry ``j`` is line ``j``, without its line end: the name of column ``j`` of the matrix
-        (row ``j`` for a titles file).
-    """
-    with open(path, encoding="utf-8") as lines:
-        return [line.rstrip("\n") for line in lines]
 
 
 def docstring_documents(
@@ -565,7 +531,7 @@ def docstring_corpus(
 
     dst = Path(dst)
     if dst.exists() and not overwrite:
-        raise StoreExistsError(f"{dst} already exists (pass overwrite=True to replace it)")
+        raise StoreExistsError(dst)
     _check_count("max_features", max_features, 1, allow_none=True)
     _document_limit("min_df", min_df, 0)  # fail before the work, not after
     _document_limit("max_df", max_df, 0)

@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 from . import blockcache, columns
 from .callbacks import Checkpointer, FunctionCallback, LogIterations, MetricsFile, ProgressBar
 from .checkpoint import WORK_W, CheckpointError, RunDir, crc32
-from .driver import FitState, IterationInfo, run
+from .driver import FitState, IterationInfo, get_stopping, run
 from .errors import ParameterError
 from .factors import ZarrBlocks, choose_storage
 from .graph import Pass, placement
@@ -46,14 +46,18 @@ class NMFResult:
         NumPy when W was kept in memory; a lazy Dask array reading the Zarr blocks otherwise.
     H : ndarray, shape (k, n)
     loss_history : list of float
-        Loss after each iteration's W update (see :class:`IterationInfo`).
+        Loss (the β-divergence) after each iteration's W update (see :class:`IterationInfo`).
     reconstruction_err : float
         scikit-learn's ``reconstruction_err_`` of the final ``(W, H)``: ‖A − WH‖_F for Frobenius.
     n_iter : int
     converged : bool
-        Whether ``tol`` stopped the run before ``max_iter``.
+        Whether the stopping rule (``tol``, ``stopping``) stopped the run before ``max_iter``.
     run_dir : str or None
         The run directory, when checkpointing.
+    objective_history : list of float
+        The objective minimised after each iteration: the loss plus the penalties of
+        ``alpha_W``/``alpha_H`` (equal to ``loss_history`` without them); the stopping rule
+        reads it.
     """
 
     W: Any
@@ -63,6 +67,7 @@ class NMFResult:
     n_iter: int = 0
     converged: bool = False
     run_dir: str | None = None
+    objective_history: list[float] = field(default_factory=list)
 
 
 def _seed(random_state: int | None) -> int:
@@ -83,6 +88,7 @@ def nmf(
     W: np.ndarray | None = None,
     H: np.ndarray | None = None,
     tol: float = 1e-4,
+    stopping: str = "relative",
     max_iter: int = 200,
     random_state: int | None = None,
     alpha_W: float = 0.0,
@@ -127,7 +133,17 @@ def nmf(
     W, H : ndarray, optional
         Initial factors for ``init='custom'``.
     tol : float
-        Stop when the loss decreases by less than ``tol`` relative to the previous one.
+        Tolerance of the stopping rule; 0 runs ``max_iter`` iterations.
+    stopping : {'relative', 'sklearn'}
+        The stopping rule, on the objective (loss + penalties) of each iteration's
+        ``(W_t, H_{t-1})``. 'relative' (default): stop after the first iteration that lowers
+        the objective by less than ``tol`` times its previous value. 'sklearn':
+        scikit-learn's multiplicative-update rule — every 10 iterations, stop when
+        ``sqrt(2·objective)`` fell by less than ``tol`` times its value after the first
+        iteration (scikit-learn: of the initial factors) since the last check; what
+        :class:`bignmf.NMF` uses (see :func:`bignmf.driver.sklearn_decrease`). Under either
+        rule a rise of the objective is not convergence: the fit goes on, with an
+        :class:`~bignmf.ObjectiveIncreaseWarning`.
     max_iter : int
         Maximum number of iterations.
     random_state : int, optional
@@ -183,8 +199,8 @@ def nmf(
     resume : path, optional
         Continue the run in this directory from its newest intact checkpoint. A, the
         settings that fix the iterates and the row blocking must be those it was started with;
-        ``max_iter`` and ``tol`` may differ. The result is bitwise equal to an uninterrupted
-        run.
+        ``max_iter``, ``tol`` and ``stopping`` may differ. The result is bitwise equal to an
+        uninterrupted run.
 
     Returns
     -------
@@ -213,9 +229,10 @@ def nmf(
         )  # fmt: skip
     except ValueError as error:
         raise ParameterError(str(error)) from None
-    options = {"max_iter": int(max_iter), "tol": float(tol), "w_storage": w_storage,
-               "block_nnz": block_nnz, "checkpoint_every": checkpoint_every,
-               "checkpoint_seconds": checkpoint_seconds,
+    get_stopping(stopping)  # an unknown rule is refused before anything is written
+    options = {"max_iter": int(max_iter), "tol": float(tol), "stopping": stopping,
+               "w_storage": w_storage, "block_nnz": block_nnz,
+               "checkpoint_every": checkpoint_every, "checkpoint_seconds": checkpoint_seconds,
                "cache_a": blockcache.parse_budget(cache_a)}  # fmt: skip
     _check_options(options, n_tasks=n_tasks, split_every=split_every)
     try:
@@ -228,55 +245,80 @@ def nmf(
         raise ParameterError(str(error)) from None
     runner = Runner(scheduler)
     run_dir, record = _run_dir(matrix, settings, options, checkpoint_dir, resume)
+    job = _Job(matrix, settings if record is None else record["settings"], options, params, plan,
+               runner, run_dir, record, workdir, (W, H),
+               _callbacks(callback, callbacks, progress, run_dir, options))  # fmt: skip
     try:
-        return _fit(matrix, settings if record is None else record["settings"], options, params,
-                    plan, runner, run_dir, record, workdir, W, H, callback, callbacks, progress)
+        return _fit(job)
     except BaseException:
         if run_dir is not None and resume is None:
             run_dir.discard()  # a run that fails before its first checkpoint blocks no retry
         raise
 
 
-def _fit(matrix, settings, options, params, plan, runner, run_dir, record, workdir, W, H,
-         callback, callbacks, progress) -> NMFResult:  # fmt: skip
-    """The fit itself, once every parameter is checked and the run directory is open."""
+@dataclass(frozen=True)
+class _Job:
+    """A fit whose parameters are all checked and whose run directory (if any) is open."""
+
+    matrix: Any
+    settings: dict
+    options: dict
+    params: SolverParams
+    plan: Pass
+    runner: Runner
+    run_dir: RunDir | None
+    record: dict | None
+    workdir: Any
+    initial: tuple  # custom (W, H), or (None, None)
+    callbacks: list
+
+
+def _callbacks(callback, callbacks, progress: bool, run_dir, options: dict) -> list:
+    """The loop's callbacks: the user's, then progress, logging, metrics and checkpoints."""
+    found = list(callbacks)
+    if callback is not None:
+        found.append(FunctionCallback(callback))
+    if progress:
+        found.append(ProgressBar())
+    found.append(LogIterations())
+    if run_dir is not None:
+        every, seconds = options["checkpoint_every"], options["checkpoint_seconds"]
+        found += [MetricsFile(run_dir), Checkpointer(run_dir, every, seconds)]
+    return found
+
+
+def _fit(job: _Job) -> NMFResult:
+    """Initialise (or restore the newest checkpoint) and iterate."""
+    matrix, runner, run_dir = job.matrix, job.runner, job.run_dir
+    settings, options = job.settings, job.options
     (m, n), k, scheduler = matrix.shape, settings["n_components"], runner.scheduler
-    solver, w_storage = settings["solver"], options["w_storage"]
     max_iter, tol = options["max_iter"], options["tol"]
     w_store = None
     distributed = is_distributed(scheduler)
-    if choose_storage(m, k, matrix.dtype, w_storage, distributed) == "zarr":
-        w_store = ZarrBlocks(_w_buffers(workdir, run_dir), matrix.row_offsets, k, matrix.dtype)
+    if choose_storage(m, k, matrix.dtype, options["w_storage"], distributed) == "zarr":
+        w_buffers = _w_buffers(job.workdir, run_dir)
+        w_store = ZarrBlocks(w_buffers, matrix.row_offsets, k, matrix.dtype)
         w_store.create()
     if distributed:  # workers open the store and W's buffers by path: fail now, naming them
         runner.check_visible(
             [getattr(matrix, "path", None), w_store.path if w_store is not None else None]
         )
     reads = blockcache.cached(matrix, options["cache_a"], lambda: process_memory_bytes(scheduler))
-    state = FitState(reads, plan, runner, get_solver(solver), params.beta_loss, None, w_store,
-                     np.zeros((k, n), matrix.dtype))  # fmt: skip
+    solver = get_solver(settings["solver"])
+    H0 = np.zeros((k, n), matrix.dtype)
+    state = FitState(reads, job.plan, runner, solver, job.params.beta_loss, None, w_store, H0)
     if settings["column_chunks"] > 1:
         ranges = columns.ColumnRanges.split(n, settings["column_chunks"])
         workdir = None if w_store is None else os.path.dirname(w_store.path)
         state.two_passes = columns.TwoPasses(ranges, matrix.row_offsets, workdir)
-    # one BLAS thread here too: on a cluster the driver's H update otherwise competes with the
-    # workers for cores (measured 0.01 s quiet, 0.06-0.23 s under load)
-    callbacks = list(callbacks)
-    if callback is not None:
-        callbacks.append(FunctionCallback(callback))
-    if progress:
-        callbacks.append(ProgressBar())
-    callbacks.append(LogIterations())
-    if run_dir is not None:
-        callbacks += [MetricsFile(run_dir),
-                      Checkpointer(run_dir, options["checkpoint_every"],
-                                   options["checkpoint_seconds"])]  # fmt: skip
     try:
+        # one BLAS thread here too: on a cluster the driver's H update otherwise competes with
+        # the workers for cores (measured 0.01 s quiet, 0.06-0.23 s under load)
         with threadpool_limits(limits=1), placement(runner.workers):
-            restored = run_dir.load(lambda ckpt: state.restore_w(ckpt)) if record else None
+            restored = run_dir.load(lambda ckpt: state.restore_w(ckpt)) if job.record else None
             if restored is None:
-                _initialize(state, settings, W, H)
-            run(state, max_iter, tol, callbacks)
+                _initialize(state, settings, *job.initial)
+            run(state, max_iter, tol, job.callbacks, options["stopping"])
     finally:
         if reads is not matrix:
             runner.everywhere(blockcache.drop, matrix.path, matrix.key)
@@ -284,6 +326,7 @@ def _fit(matrix, settings, options, params, plan, runner, run_dir, record, workd
     return NMFResult(
         _collect_w(state), state.H, list(state.history), float(np.sqrt(2 * max(final, 0.0))),
         state.iteration, state.converged, str(run_dir.path) if run_dir else None,
+        list(state.objective_history),
     )  # fmt: skip
 
 
@@ -308,6 +351,13 @@ def _settings(matrix, n_components, **values) -> dict:
     init = values["init"] or ("nndsvda" if k <= min(m, n) else "random")
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {list(INITS)}")
+    if init.startswith("nndsvd") and k > min(m, n):
+        # scikit-learn's words (_initialize_nmf); the SVD has only min(m, n) vectors and k is
+        # never lowered behind the user's back
+        raise ValueError(
+            f"init = '{init}' can only be used when n_components <= min(n_samples, n_features)"
+            f" (n_components = {k}, n_samples = {m}, n_features = {n})"
+        )
     alpha_H = values["alpha_H"]
     if values["column_chunks"] > 1:
         columns.check_solver(values["solver"], beta_loss_to_float(values["beta_loss"]))
@@ -414,8 +464,10 @@ def versions() -> dict:
     """Versions of bignmf and the packages that compute its results."""
     from importlib.metadata import PackageNotFoundError, version
 
-    names = ("bignmf", "numpy", "scipy", "dask", "distributed", "zarr", "numcodecs")
-    found = {}
+    from ._version import __version__
+
+    names = ("numpy", "scipy", "dask", "distributed", "zarr", "numcodecs")
+    found = {"bignmf": __version__}
     for name in names:
         try:
             found[name] = version(name)
@@ -459,9 +511,10 @@ def resume(run_dir: str | os.PathLike, *, A: Any = None, **overrides: Any) -> NM
     A : optional
         The matrix; by default the store recorded in the run (in-memory inputs must be given).
     **overrides
-        ``max_iter``, ``tol``, ``scheduler``, ``n_tasks``, ``progress``, ``callback``,
-        ``callbacks``, ``workdir``, ``checkpoint_every``, ``checkpoint_seconds``,
-        ``split_every``, ``cache_a``.
+        ``max_iter``, ``tol``, ``stopping``, ``scheduler``, ``n_tasks``, ``progress``,
+        ``callback``, ``callbacks``, ``workdir``, ``checkpoint_every``, ``checkpoint_seconds``,
+        ``split_every``, ``cache_a``. A run recorded before ``stopping`` existed resumes with
+        'relative', the rule it ran with.
 
     Returns
     -------
@@ -469,8 +522,8 @@ def resume(run_dir: str | os.PathLike, *, A: Any = None, **overrides: Any) -> NM
         Bitwise equal to what the uninterrupted run gives.
     """
     record = RunDir(run_dir).record()
-    allowed = {"max_iter", "tol", "scheduler", "n_tasks", "progress", "callback", "callbacks",
-               "workdir", "checkpoint_every", "checkpoint_seconds", "split_every",
+    allowed = {"max_iter", "tol", "stopping", "scheduler", "n_tasks", "progress", "callback",
+               "callbacks", "workdir", "checkpoint_every", "checkpoint_seconds", "split_every",
                "cache_a"}  # fmt: skip
     unknown = set(overrides) - allowed
     if unknown:

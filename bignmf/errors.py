@@ -21,7 +21,21 @@ class ParameterError(BigNMFError, ValueError):
 
 
 class StoreExistsError(BigNMFError, FileExistsError):
-    """The destination store already exists and overwriting was not asked for."""
+    """The destination store already exists and overwriting was not asked for.
+
+    Parameters
+    ----------
+    path : path
+        The destination.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        super().__init__(self.message("overwrite=True"))
+
+    def message(self, option: str) -> str:
+        """The error in the words of a front end whose way to overwrite is ``option``."""
+        return f"{self.path} already exists (pass {option} to replace it)"
 
 
 class StoreFormatError(BigNMFError, ValueError):
@@ -31,3 +45,12 @@ class StoreFormatError(BigNMFError, ValueError):
 class WorkersPausedError(BigNMFError, MemoryError):
     """Every Dask worker has been paused by distributed's memory manager for too long: no task
     can run, so the fit would otherwise wait forever."""
+
+
+class ObjectiveIncreaseWarning(RuntimeWarning):
+    """The objective (loss + penalties) rose from one iteration to the next.
+
+    MU, HALS and BPP never raise it but by rounding, so a rise means rounding noise at
+    convergence or a numerical problem; it is not taken as convergence and the fit goes on.
+    Issued at most once per run, naming the iteration and both values.
+    """

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .storage import CSRStore, write_matrix
+from .vocabulary import var_names, write_vocabulary
 
 
 def convert(
@@ -53,6 +54,9 @@ def convert(
 
     Notes
     -----
+    An AnnData source's ``var_names`` are written beside the store as its vocabulary file,
+    ``<dst>.vocab.txt`` (see :mod:`bignmf.vocabulary`).
+
     Memory is bounded by the reader's slab and the writer's row block, not by the matrix:
     files larger than RAM convert. Matrix Market files not sorted by row go through an external
     bucket sort whose temporary files are as large as the matrix.
@@ -63,4 +67,16 @@ def convert(
     options = {name: value for name, value in options.items() if value is not None}
     tmpdir = Path(tmpdir) if tmpdir is not None else Path(dst).absolute().parent
     source = open_source(src, format=format, key=key, tmpdir=tmpdir, **options)
-    return write_matrix(source, dst, **write_options)
+    store = write_matrix(source, dst, **write_options)
+    _keep_var_names(src, key, store)
+    return store
+
+
+def _keep_var_names(src: Any, key: str | None, store: CSRStore) -> None:
+    """An AnnData source's ``var_names`` become the store's vocabulary file (X and layers
+    have one column per var)."""
+    if not isinstance(src, str | os.PathLike) or (key or "X").split("/")[0] not in ("X", "layers"):
+        return
+    names = var_names(src)
+    if names is not None and len(names) == store.shape[1]:
+        write_vocabulary(names, store.path)

@@ -68,17 +68,54 @@ def random_init(matrix, groups, spec: InitSpec, w_store=None) -> tuple[list | No
     return w, H
 
 
-def custom_init(matrix, groups, spec: InitSpec, W, H, w_store=None) -> tuple[list | None, Any]:
-    """The user's W (cut into row blocks) and H, checked."""
-    m, n = matrix.shape
+def check_custom(W, H, shape: tuple[int, int], k: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The user's initial W and H as arrays, checked as scikit-learn's ``NMF`` checks them.
+
+    Parameters
+    ----------
+    W, H : array-like
+        Initial factors, shapes ``(m, k)`` and ``(k, n)``.
+    shape : (int, int)
+        ``(m, n)`` of A.
+    k : int
+        Number of components.
+    dtype : numpy dtype
+        A's dtype, which both must have: no silent cast (as scikit-learn's ``_check_w_h``).
+
+    Returns
+    -------
+    W, H : ndarray
+
+    Raises
+    ------
+    ValueError
+        A factor missing, of the wrong shape (naming the expected and given shapes), not
+        finite or negative.
+    TypeError
+        A factor whose dtype is not A's, naming both.
+    """
+    m, n = shape
     if W is None or H is None:
         raise ValueError("init='custom' needs both W and H")
     W, H = np.asarray(W), np.asarray(H)
-    for name, X, shape in (("W", W, (m, spec.k)), ("H", H, (spec.k, n))):
-        if X.shape != shape:
-            raise ValueError(f"initial {name} must have shape {shape}, got {X.shape}")
+    for name, X, expected in (("W", W, (m, k)), ("H", H, (k, n))):
+        if X.shape != expected:
+            raise ValueError(f"initial {name} must have shape {expected}, got {X.shape}")
+    dtype = np.dtype(dtype)
+    if H.dtype != dtype or W.dtype != dtype:
+        raise TypeError(
+            f"H and W should have the same dtype as X ({dtype}). Got H.dtype = {H.dtype} and "
+            f"W.dtype = {W.dtype}."
+        )
+    for name, X in (("W", W), ("H", H)):
         if not np.isfinite(X).all() or (X < 0).any():
             raise ValueError(f"initial {name} must be finite and non-negative")
+    return W, H
+
+
+def custom_init(matrix, groups, spec: InitSpec, W, H, w_store=None) -> tuple[list | None, Any]:
+    """The user's W (cut into row blocks) and H, checked (:func:`check_custom`)."""
+    W, H = check_custom(W, H, matrix.shape, spec.k, spec.dtype)
     H = np.ascontiguousarray(H, dtype=spec.dtype)
     if w_store is not None:
         # written here, block by block: as a graph input, all of W would go to every worker
@@ -136,6 +173,8 @@ def randomized_range(
     column range when ``ranges`` (a :class:`~bignmf.columns.TwoPasses`) cuts Z into ranges.
     """
     m, n = matrix.shape
+    if k > min(m, n):  # the sketch would have fewer than k columns: k would drop silently
+        raise ValueError(f"the randomized SVD of a {m} × {n} matrix has no {k} vectors")
     l = min(k + n_oversamples, m, n)  # noqa: E741 - Halko et al.'s name
     if n_iter is None:  # scikit-learn's randomized_svd default
         n_iter = 7 if k < 0.1 * min(m, n) else 4

@@ -47,14 +47,15 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
 
 
 def plot_loss(run_dir: str | os.PathLike, path: str | os.PathLike | None = None) -> Path | None:
-    """Draw the loss (or relative error) per iteration to ``loss.png``; None without matplotlib."""
-    try:
-        import matplotlib
+    """Draw the loss (or relative error) per iteration to ``loss.png``; None without metrics.
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
+    Raises ImportError when matplotlib (the ``plots`` extra) cannot be imported.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     metrics = read_metrics(run_dir)
     if not metrics:
         return None

@@ -246,7 +246,7 @@ def _commit(tmp: Path, dst: Path, overwrite: bool) -> None:
         os.rename(tmp, dst)
         return
     if not overwrite:
-        raise StoreExistsError(f"{dst} already exists (pass overwrite=True to replace it)")
+        raise StoreExistsError(dst)
     old = _hidden_sibling(dst, "old")
     os.rename(dst, old)
     os.rename(tmp, dst)
@@ -309,7 +309,7 @@ def write_matrix(
     """
     dst = Path(dst)
     if dst.exists() and not overwrite:
-        raise StoreExistsError(f"{dst} already exists (pass overwrite=True to replace it)")
+        raise StoreExistsError(dst)
     n_rows, n_cols = source.shape
     if n_rows <= 0 or n_cols <= 0:
         raise InputError(f"{source.name}: the matrix is empty (shape {source.shape})")

@@ -6,8 +6,8 @@ the whole-digit templates or signed eigen-images of PCA. This example factorizes
 digits of :func:`sklearn.datasets.load_digits` (8×8 pixels, values 0–16) with
 :class:`bignmf.NMF`, bignmf's scikit-learn estimator, and draws the components.
 
-Needs scikit-learn (the dataset, and the estimator: ``pip install 'bignmf[sklearn]'``) and
-matplotlib (``pip install 'bignmf[plots]'``). Run it::
+Needs scikit-learn (the dataset, and the estimator: ``pip install 'bignmf-dask[sklearn]'``) and
+matplotlib (``pip install 'bignmf-dask[plots]'``). Run it::
 
     python examples/image_parts_digits.py            # 1,797 digits of 8×8, 16 parts, ~5 s
     python examples/image_parts_digits.py --large    # 8,985 digits of 24×24, 25 parts

@@ -20,7 +20,7 @@ and runs the single-cell workflow:
    cell types (adjusted Rand index, a confusion table) and the activity program.
 
 Needs anndata and scikit-learn (for the adjusted Rand index): ``pip install
-'bignmf[readers,sklearn]'``. An ``.h5ad`` file is converted first: ``bignmf convert cells.h5ad
+'bignmf-dask[readers,sklearn]'``. An ``.h5ad`` file is converted first: ``bignmf convert cells.h5ad
 cells.zarr`` (or ``bignmf fit cells.h5ad ...``, which converts it into the run directory).
 
 Run it::

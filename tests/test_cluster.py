@@ -213,7 +213,7 @@ def test_launcher_helpers_refuse_other_kinds():
 
 
 def test_slurm_job_script():
-    pytest.importorskip("dask_jobqueue", reason="dask-jobqueue (bignmf[slurm]) not installed")
+    pytest.importorskip("dask_jobqueue", reason="dask-jobqueue (bignmf-dask[slurm]) not installed")
     script = job_script({
         **SLURM, "jobs": 3, "walltime": "02:00:00", "queue": "compute", "account": "proj42",
         "job_extra_directives": ["--exclusive"], "prologue": ["module load python/3.11"],
@@ -238,7 +238,7 @@ def test_slurm_job_script():
 
 
 def test_pbs_job_script_from_a_file(tmp_path):
-    pytest.importorskip("dask_jobqueue", reason="dask-jobqueue (bignmf[pbs]) not installed")
+    pytest.importorskip("dask_jobqueue", reason="dask-jobqueue (bignmf-dask[pbs]) not installed")
     path = write_yaml(tmp_path / "pbs.yaml", {
         "kind": "pbs", "cores": 16, "memory": "64GB", "processes": 4, "walltime": "12:00:00",
         "queue": "workq", "account": "proj", "resource_spec": "select=1:ncpus=16:mem=64GB",
@@ -255,7 +255,7 @@ def test_pbs_job_script_from_a_file(tmp_path):
 
 def test_kubernetes_resource():
     pytest.importorskip(
-        "dask_kubernetes.operator", reason="dask-kubernetes (bignmf[kubernetes]) not installed"
+        "dask_kubernetes.operator", reason="dask-kubernetes (bignmf-dask[kubernetes]) not installed"
     )
     spec = kubernetes_spec({
         "kind": "kubernetes", "image": "registry.example.org/bignmf:1", "name": "topics",
@@ -479,7 +479,7 @@ def sshd(tmp_path, processes):
     """Connect options for an sshd on 127.0.0.1 that lets this user in with a fresh key."""
     if SSHD is None:
         pytest.skip("no sshd on this machine (install openssh-server to run the ssh kind here)")
-    pytest.importorskip("asyncssh", reason="asyncssh (bignmf[ssh]) not installed")
+    pytest.importorskip("asyncssh", reason="asyncssh (bignmf-dask[ssh]) not installed")
     folder = tmp_path / "ssh"
     folder.mkdir()
     for key in ("host_key", "client_key"):

@@ -18,6 +18,7 @@ from bignmf.kernels.solvers import (
     SolverParams,
     combine,
     get_solver,
+    penalty,
     prepare_h,
     regularization,
 )
@@ -186,6 +187,39 @@ def test_hals_and_bpp_with_penalties_match_sklearn_cd_objective():
     assert penalised(X, W, H, reg) <= 1.01 * ref
 
 
+@pytest.mark.parametrize(
+    ("name", "beta"), [("hals", 2.0), ("bpp", 2.0), ("mu", 2.0), ("mu", 1.0), ("mu", 1.5)]
+)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_penalty_sums_and_objective_match_numpy(name, beta, dtype):
+    X, W0, H0 = problem(14, beta, dtype=dtype)
+    params = SolverParams(beta_loss=beta, l1_W=0.3, l2_W=0.7, l1_H=0.2, l2_H=0.9)
+    solver = get_solver(name)
+    Ht, HHt = prepare_h(H0)
+    total, W_new = None, np.empty_like(W0)
+    for r0, r1 in split_rows(M, 5):
+        acc = solver.new_accumulator(N, K, X.dtype, beta)
+        W_new[r0:r1] = solver.update_w_block(X[r0:r1], W0[r0:r1], H0, Ht, HHt, params, acc)
+        total = acc if total is None else solver.combine(total, acc)
+    W64, H64 = W_new.astype(np.float64), H0.astype(np.float64)
+    np.testing.assert_allclose(float(total["W_l1"]), W64.sum(), rtol=1e-13)
+    w_sq = float(np.trace(total["WtW"])) if beta == 2 else float(total["W_sq"])
+    np.testing.assert_allclose(w_sq, (W64**2).sum(), rtol=1e-13)
+    _, loss = solver.update_h(H0, total, params, products.sq_norm(X))
+    reference = (
+        _beta_divergence(X.astype(np.float64), W64, H64, beta)
+        + 0.3 * W64.sum()
+        + 0.5 * 0.7 * (W64**2).sum()
+        + 0.2 * H64.sum()
+        + 0.5 * 0.9 * (H64**2).sum()
+    )
+    # the objective of (W_new, H_old): the loss update_h reports plus the penalty terms
+    objective = loss + penalty(total, H0, params)
+    rtol = 1e-10 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(objective, reference, rtol=rtol)
+    assert penalty(total, H0, SolverParams(beta_loss=beta)) == 0.0
+
+
 # ----------------------------------------------------------- blocking, dtypes, buffers
 
 
@@ -311,13 +345,21 @@ def test_registry_and_errors():
 
 def test_accumulator_layout():
     mu = get_solver("mu")
-    assert set(mu.new_accumulator(5, 2, np.float32, 2)) == {"AtW", "WtW", "cross"}
+    assert set(mu.new_accumulator(5, 2, np.float32, 2)) == {"AtW", "WtW", "cross", "W_l1"}
     acc = mu.new_accumulator(5, 2, np.float32, 1)
-    assert set(acc) == {"AtW", "W_sum", "loss"}
+    assert set(acc) == {"AtW", "W_sum", "loss", "W_l1", "W_sq"}
     assert acc["AtW"].dtype == np.float32
     assert acc["W_sum"].dtype == np.float64
     assert acc["loss"].shape == ()
-    assert set(mu.new_accumulator(5, 2, np.float64, "itakura-saito")) == {"AtW", "den", "loss"}
+    assert acc["W_l1"].shape == acc["W_sq"].shape == ()
+    assert acc["W_sq"].dtype == np.float64
+    assert set(mu.new_accumulator(5, 2, np.float64, "itakura-saito")) == {
+        "AtW",
+        "den",
+        "loss",
+        "W_l1",
+        "W_sq",
+    }
     assert get_solver("hals").new_accumulator(5, 2, np.int32)["AtW"].dtype == np.float64
     a = get_solver("hals").new_accumulator(3, 2, np.float64)
     b = get_solver("hals").new_accumulator(3, 2, np.float64)

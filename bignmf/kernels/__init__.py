@@ -29,6 +29,8 @@ from bignmf.kernels.solvers import (
     SolverParams,
     combine,
     get_solver,
+    penalty,
+    penalty_sums,
     prepare_h,
     regularization,
 )
@@ -48,6 +50,8 @@ __all__ = [
     "gram",
     "hals_update",
     "nnls_bpp",
+    "penalty",
+    "penalty_sums",
     "prepare_h",
     "regularization",
     "sq_norm",

@@ -8,7 +8,8 @@ One bignmf iteration, for any solver::
         acc_i = solver.new_accumulator(...)
         W[i] = solver.update_w_block(A[i], W[i], H, Ht, HHt, params, acc_i, work)
         acc = solver.combine(acc, acc_i)       # or any tree of combines
-    H, loss = solver.update_h(H, acc, params, norm_a_sq)
+    H_new, loss = solver.update_h(H, acc, params, norm_a_sq)
+    objective = loss + penalty(acc, H, params)  # with the H the blocks were updated with
 
 ``update_w_block`` updates the block's rows of W locally (they only need H through ``Ht`` and
 ``HHt``), then adds to the block's accumulator everything ``update_h`` and the loss need,
@@ -31,7 +32,13 @@ key        shape            dtype                       content (summed over blo
 ``W_sum``  (k,)             float64                     MU β = 1: column sums of W
 ``den``    (n, k)           A's dtype                   MU β ∉ {1, 2}: ``((WH)^(β−1))ᵀ·W``
 ``loss``   ()               float64                     MU β ≠ 2: sum of block divergence parts
+``W_l1``   ()               float64                     ``ΣW`` (the L1 penalty's sum)
+``W_sq``   ()               float64                     β ≠ 2: ``‖W‖²_F`` (β = 2 has it as
+                                                        ``trace(WᵀW)``)
 =========  ===============  ==========================  ====================================
+
+The penalty sums are of the new W, like the loss: :func:`penalty` turns them (and the H the
+blocks were updated with) into the objective's penalty terms, so the driver never needs W.
 
 The kernels never import dask or zarr; ``work`` is an optional per-thread ``dict`` of
 scratch buffers reused across blocks (never share one between threads).
@@ -75,13 +82,15 @@ __all__ = [
     "beta_loss_to_float",
     "combine",
     "get_solver",
+    "penalty",
+    "penalty_sums",
     "prepare_h",
     "regularization",
 ]
 
 Accumulator = dict[str, np.ndarray]
 
-_BETA_NAMES = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
+BETA_NAMES = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
 
 
 def beta_loss_to_float(beta_loss: float | str) -> float:
@@ -98,10 +107,10 @@ def beta_loss_to_float(beta_loss: float | str) -> float:
     """
     if isinstance(beta_loss, str):
         try:
-            return _BETA_NAMES[beta_loss]
+            return BETA_NAMES[beta_loss]
         except KeyError:
             raise ValueError(
-                f"unknown beta_loss {beta_loss!r}; valid names: {sorted(_BETA_NAMES)} "
+                f"unknown beta_loss {beta_loss!r}; valid names: {sorted(BETA_NAMES)} "
                 "or a real number"
             ) from None
     value = float(beta_loss)
@@ -276,6 +285,72 @@ def combine(acc_a: Accumulator, acc_b: Accumulator) -> Accumulator:
     return acc_a
 
 
+def penalty_sums(W_i: np.ndarray, *, squares: bool) -> Accumulator:
+    """A block's contribution to the penalty sums of an accumulator, in float64.
+
+    Parameters
+    ----------
+    W_i : ndarray, shape (m_i, k)
+        Rows of W (any float dtype).
+    squares : bool
+        Also ``‖W_i‖²_F`` (needed where the accumulator has no ``WtW`` to take it from).
+
+    Returns
+    -------
+    dict
+        ``{"W_l1": ΣW_i}`` and, with ``squares``, ``"W_sq"``; 0-d float64 arrays.
+
+    Notes
+    -----
+    O(m_i·k) time; a float64 copy of ``W_i`` only for ``squares`` with float32 factors.
+    """
+    sums = {"W_l1": np.asarray(W_i.sum(dtype=np.float64))}
+    if squares:
+        W64 = np.asarray(W_i, dtype=np.float64).ravel()
+        sums["W_sq"] = np.asarray(np.dot(W64, W64))
+    return sums
+
+
+def penalty(acc: Accumulator, H: np.ndarray, params: SolverParams) -> float:
+    """The penalty terms of the objective, from a reduced accumulator and H.
+
+    ``l1_W·ΣW + ½·l2_W·‖W‖²_F + l1_H·ΣH + ½·l2_H·‖H‖²_F`` with scikit-learn's scaling (see
+    :func:`regularization`); the objective minimised is the loss plus this.
+
+    Parameters
+    ----------
+    acc : dict
+        Accumulator reduced over all blocks (the W it was made with is the W penalised).
+    H : ndarray, shape (k, n)
+        The H penalised (for the iterate ``(W_new, H_old)`` of ``update_h``'s loss: the H the
+        blocks were updated with).
+    params : SolverParams
+
+    Returns
+    -------
+    float
+        Exactly 0.0 when every penalty is 0 (then the objective is the loss, bit for bit); the
+        sums a zero penalty would multiply are not read.
+
+    Notes
+    -----
+    O(k·n) for the H terms, O(k) otherwise; ``‖W‖²_F`` is ``trace(WᵀW)`` when the accumulator
+    has ``WtW``, else its ``W_sq``.
+    """
+    total = 0.0
+    if params.l1_W:
+        total += params.l1_W * float(acc["W_l1"])
+    if params.l2_W:
+        w_sq = float(np.trace(acc["WtW"])) if "WtW" in acc else float(acc["W_sq"])
+        total += 0.5 * params.l2_W * w_sq
+    if params.l1_H:
+        total += params.l1_H * float(H.sum(dtype=np.float64))
+    if params.l2_H:
+        H64 = np.asarray(H, dtype=np.float64).ravel()
+        total += 0.5 * params.l2_H * float(np.dot(H64, H64))
+    return total
+
+
 class Solver:
     """Base of the solvers; see the module docstring for the contract."""
 
@@ -311,6 +386,9 @@ class Solver:
         else:
             acc["den"] = np.zeros((n, k), dtype=dtype)
             acc["loss"] = np.zeros((), dtype=np.float64)
+        acc["W_l1"] = np.zeros((), dtype=np.float64)
+        if beta != 2:
+            acc["W_sq"] = np.zeros((), dtype=np.float64)
         return acc
 
     def combine(self, acc_a: Accumulator, acc_b: Accumulator) -> Accumulator:
@@ -423,7 +501,7 @@ class Solver:
             C-contiguous, dtype of ``acc["AtW"]``, non-negative.
         loss : float
             scikit-learn's ``_beta_divergence(A, W_new, H, β)`` (for β = 2 that is
-            ``½‖A − W_new·H‖²_F``), without penalty terms.
+            ``½‖A − W_new·H‖²_F``), without penalty terms (:func:`penalty` gives them).
 
         Notes
         -----
@@ -472,6 +550,7 @@ class Solver:
         accumulate_at_w(A_i, W_new, acc["AtW"])
         gram(W_new, out=acc["WtW"])
         acc["cross"] += inner(W_new, aht)
+        acc["W_l1"] += penalty_sums(W_new, squares=False)["W_l1"]
 
     @staticmethod
     def _frobenius_loss(acc, Ht, norm_a_sq):
@@ -581,6 +660,8 @@ class MUSolver(Solver):
         )
         beta_ratio(A_i.data, wh, beta)
         accumulate_at_w(csr_with_data(A_i, wh), W_new, acc["AtW"])
+        for key, value in penalty_sums(W_new, squares=True).items():
+            acc[key] += value
         if beta == 1:
             acc["W_sum"] += W_new.sum(axis=0, dtype=np.float64)
         else:
