@@ -8,9 +8,13 @@ Layout of a run directory::
       ckpt-000040/        a committed checkpoint (Zarr v3 group):
         W/0/<block>         W's row blocks, one array per row block of A
         H                   H (k×n)
-        attrs               iteration, loss history, CRC-32 of every W block and of H
+        attrs               iteration, loss and objective histories, the exact final loss,
+                            CRC-32 of every W block and of H
       ckpt-000050/        the newer one (the last two are kept)
       metrics.jsonl       one JSON line per iteration
+      W-buffers.zarr/     W between iterations, when kept on disk (double-buffered)
+      .bignmf-fit.json    `bignmf fit`'s claim: the input it converts (written before run.json)
+      A.zarr/             that input converted, when it was not a store (+ A.zarr.vocab.txt)
 
 A checkpoint is written into a hidden temporary directory, its manifest (the group attributes,
 with the checksums) last, then renamed to ``ckpt-NNNNNN`` and only then named by ``CURRENT``.

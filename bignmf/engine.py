@@ -23,7 +23,7 @@ from .driver import FitState, IterationInfo, get_stopping, run
 from .errors import ParameterError
 from .factors import ZarrBlocks, choose_storage
 from .graph import Pass, placement
-from .init import INITS, InitSpec, custom_init, nndsvd_init, random_init
+from .init import INITS, InitSpec, check_custom, custom_init, nndsvd_init, random_init
 from .kernels.solvers import SOLVERS, SolverParams, beta_loss_to_float, get_solver
 from .matrix import as_block_matrix
 from .runner import (
@@ -243,6 +243,8 @@ def nmf(
         plan = Pass.plan(matrix.n_blocks, n_tasks, solver, params, split_every)
     except ValueError as error:
         raise ParameterError(str(error)) from None
+    if settings["init"] == "custom" and resume is None:  # before anything is written
+        check_custom(W, H, matrix.shape, settings["n_components"], matrix.dtype)
     runner = Runner(scheduler)
     run_dir, record = _run_dir(matrix, settings, options, checkpoint_dir, resume)
     job = _Job(matrix, settings if record is None else record["settings"], options, params, plan,
