@@ -152,6 +152,8 @@ class RunDir:
         try:
             return json.loads(self.record_path.read_text())
         except FileNotFoundError:
+            if not self.path.exists():
+                raise CheckpointError(f"{self.path}: no such directory") from None
             if (self.path / CLAIM).is_file():
                 raise CheckpointError(
                     f"{self.path}: the fit started here stopped before its run began (nothing "
@@ -347,6 +349,15 @@ class RunDir:
                 f"{path}: {len(objective)} objective values for {iteration} iterations"
             )
         return Checkpoint(path, iteration, history, H, w_crc, final_loss, objective)
+
+    def newest(self) -> Checkpoint | None:
+        """The newest checkpoint whose manifest and H read back intact (W is not read)."""
+        for path in self._candidates():
+            try:
+                return self.read(path)
+            except CheckpointError:
+                continue
+        return None
 
     def load(self, restore: Callable[[Checkpoint], Any]) -> tuple[Checkpoint, Any] | None:
         """The newest checkpoint that reads back intact, with what ``restore`` made of it.

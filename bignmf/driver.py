@@ -104,11 +104,7 @@ class FitState:
         HHᵀ⟩)``, which cancels) or ``ΣA`` (other β). It depends on the run alone, so a
         resumed run uses the same.
         """
-        if not self.objective_history:
-            return 0.0
-        scale = 0.5 * self.norm_a_sq if self.beta == 2 else self.matrix.value_sum
-        size = max(abs(self.objective_history[0]), scale)
-        return ROUNDING * float(np.finfo(self.H.dtype).eps) * size
+        return rounding(self.objective_history, self.beta, self.matrix, self.H.dtype)
 
     def relative_error(self, loss: float) -> float:
         """``sqrt(2·loss) / ‖A‖_F`` for Frobenius, else nan."""
@@ -283,6 +279,16 @@ _PENALTIES = ("l1_W", "l2_W", "l1_H", "l2_H")
 #: exact low-rank, every solver, β ∈ {2, 1, 0.5}, float32 and float64; measured): changes
 #: under this many eps·S are rounding, neither a decrease nor a rise.
 ROUNDING = 64
+
+
+def rounding(objective: Sequence[float], beta: float, matrix: Any, dtype) -> float:
+    """How far rounding alone may move the objective of a fit of ``matrix`` (a store or block
+    matrix: its ``frobenius_sq`` and ``value_sum``) in ``dtype``; see
+    :meth:`FitState.rounding`."""
+    if not objective:
+        return 0.0
+    scale = 0.5 * matrix.frobenius_sq if beta == 2 else matrix.value_sum
+    return ROUNDING * float(np.finfo(dtype).eps) * max(abs(objective[0]), scale)
 
 
 def relative_decrease(objective: Sequence[float], tol: float, noise: float = 0.0) -> bool:

@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 from . import blockcache, columns
 from .callbacks import Checkpointer, FunctionCallback, LogIterations, MetricsFile, ProgressBar
 from .checkpoint import WORK_W, CheckpointError, RunDir, crc32
-from .driver import FitState, IterationInfo, get_stopping, run
+from .driver import FitState, IterationInfo, get_stopping, rounding, run
 from .errors import ParameterError
 from .factors import ZarrBlocks, choose_storage
 from .graph import Pass, placement
@@ -501,6 +501,28 @@ def _collect_w(state: FitState) -> Any:
     if state.w_store is not None:
         return state.w_store.to_dask(state.iteration % 2)
     return np.vstack(list(state.w_blocks()))
+
+
+def finished(run_dir: str | os.PathLike, **overrides: Any) -> tuple[int, bool] | None:
+    """``(iterations, converged)`` when resuming ``run_dir`` would run no iteration, else None.
+
+    Decided from the newest intact checkpoint's manifest, without reading W or starting a
+    scheduler, by the run's ``max_iter``, ``tol`` and ``stopping`` or those in ``overrides``.
+    None too when the run has no checkpoint yet or was run on an in-memory matrix.
+    """
+    run = RunDir(run_dir)
+    record = run.record()
+    options = {**record["options"], **{k: v for k, v in overrides.items() if v is not None}}
+    checkpoint = run.newest()
+    if checkpoint is None or "path" not in record["matrix"]:
+        return None
+    if checkpoint.iteration >= options["max_iter"]:
+        return checkpoint.iteration, False
+    objective = checkpoint.objective_history or checkpoint.loss_history
+    matrix = open_matrix(record["matrix"]["path"], record["matrix"].get("key"))
+    noise = rounding(objective, record["settings"]["beta_loss"], matrix, matrix.dtype)
+    rule = get_stopping(options.get("stopping", "relative"))
+    return (checkpoint.iteration, True) if rule(objective, options["tol"], noise) else None
 
 
 def resume(run_dir: str | os.PathLike, *, A: Any = None, **overrides: Any) -> NMFResult:

@@ -7,6 +7,7 @@ import argparse
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -147,7 +148,9 @@ def test_anndata_var_names_name_the_features(tmp_path, suffix):
     if suffix == ".h5ad":
         adata.write_h5ad(path)
     else:
-        adata.write_zarr(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # anndata's notices about zarr format defaults
+            adata.write_zarr(path)
     done = _bignmf("fit", path, "-k", 2, "--out", tmp_path / "run", "--top", 3, *QUIET)
     assert done.returncode == 0, done.stderr
     assert "component   0: GENE" in done.stdout

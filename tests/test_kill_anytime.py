@@ -98,16 +98,16 @@ def _mtimes(run: Path) -> dict:
 
 def test_resume_of_a_finished_run_says_so_and_changes_no_file(matrix, reference, tmp_path):
     before = _mtimes(reference)
-    done = _bignmf("resume", reference, *THREADS, "--no-progress")
+    done = _bignmf("resume", reference, "--no-progress")  # the default scheduler: a cluster
     assert done.returncode == 0, done.stderr
-    assert "max_iter 12" in done.stderr
+    assert "--max-iter 12" in done.stderr
     assert "--max-iter" in done.stderr
     assert _mtimes(reference) == before
     converged = tmp_path / "converged"
     fit = ("-k", "4", "--seed", "0", "--tol", "0.01", "--no-progress", "--top", "0")
     assert _bignmf("fit", matrix, "--out", converged, *THREADS, *fit).returncode == 0
     before = _mtimes(converged)
-    done = _bignmf("resume", converged, *THREADS, "--no-progress", "--max-iter", "400")
+    done = _bignmf("resume", converged, "--no-progress", "--max-iter", "400")
     assert done.returncode == 0, done.stderr
     assert "converged" in done.stderr
     assert "--tol 0" in done.stderr
@@ -120,9 +120,11 @@ def test_resume_to_a_higher_max_iter_continues(matrix, reference, tmp_path):
     assert _bignmf("fit", matrix, "--out", longer, *THREADS, *fit).returncode == 0
     run = tmp_path / "run"
     assert _bignmf("fit", matrix, "--out", run, *THREADS, *FIT).returncode == 0
-    done = _bignmf("resume", run, *THREADS, "--no-progress", "--top", "0", "--max-iter", "20")
+    done = _bignmf("resume", run, *THREADS, "--no-progress", "--top", "0", "--max-iter", "20",
+                   "--checkpoint-every", "3")  # fmt: skip
     assert done.returncode == 0, done.stderr
     _same_result(longer, run)
+    assert sorted(p.name for p in run.glob("ckpt-*")) == ["ckpt-000018", "ckpt-000020"]
 
 
 @pytest.mark.slow
