@@ -134,15 +134,9 @@ class RunDir:
         return self.record_path.is_file()
 
     def create(self, record: dict) -> RunDir:
-        """Start a run: write ``run.json``. Refuses a directory that holds another run."""
-        if self.exists():
-            raise CheckpointError(
-                f"{self.path} already holds a run; resume it (`bignmf resume {self.path}`) or "
-                "choose another directory"
-            )
-        if self.path.exists() and not self.path.is_dir():
-            raise CheckpointError(f"{self.path} exists and is not a directory")
-        self._refuse_foreign()
+        """Start a run: write ``run.json``. Refuses a directory that holds another run, or
+        anything but what a fit's claim left (see :meth:`claim`)."""
+        self._check_free()
         self.path.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.record_path, {"format_version": FORMAT_VERSION, **record})
         return self
@@ -189,14 +183,7 @@ class RunDir:
         already holds ``source`` converted by that earlier fit (conversion commits it only
         when complete, so it is reusable as is); a conversion of another source is removed.
         """
-        if self.exists():
-            raise CheckpointError(
-                f"{self.path} already holds a run: `bignmf resume {self.path}` continues it "
-                "(or choose another --out)"
-            )
-        if self.path.exists() and not self.path.is_dir():
-            raise CheckpointError(f"{self.path} exists and is not a directory")
-        self._refuse_foreign()
+        self._check_free()
         reusable = self._claim() == source and (self.path / CONVERTED).is_dir()
         if not reusable:
             shutil.rmtree(self.path / CONVERTED, ignore_errors=True)
@@ -215,8 +202,16 @@ class RunDir:
         if created and self.path.is_dir() and not any(self.path.iterdir()):
             self.path.rmdir()
 
-    def _refuse_foreign(self) -> None:
-        """Refuse a directory holding anything but a fit's own leftovers (the user's files)."""
+    def _check_free(self) -> None:
+        """Refuse a run, a file, or a directory holding anything but a fit's own leftovers
+        (the user's files)."""
+        if self.exists():
+            raise CheckpointError(
+                f"{self.path} already holds a run: `bignmf resume {self.path}` continues it, or "
+                "choose another directory"
+            )
+        if self.path.exists() and not self.path.is_dir():
+            raise CheckpointError(f"{self.path} exists and is not a directory")
         claimed = self._claim() is not None
         entries = self.path.iterdir() if self.path.is_dir() else ()
         foreign = sorted(p.name for p in entries if not (claimed and _ours(p.name)))

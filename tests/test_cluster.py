@@ -190,7 +190,7 @@ def test_defaults_env_and_relative_paths(tmp_path):
 def test_missing_launcher_names_the_extra(monkeypatch, config, module, extra):
     monkeypatch.setitem(sys.modules, module, None)  # `import module` now fails
     monkeypatch.delitem(sys.modules, f"{module}.operator", raising=False)
-    message = rf"cluster kind '{config['kind']}' needs .*pip install 'bignmf\[{extra}\]'"
+    message = rf"cluster kind '{config['kind']}' needs .*pip install 'bignmf-dask\[{extra}\]'"
     with pytest.raises(MissingLauncherError, match=message), connect(config):
         pytest.fail("no cluster may start")
     if extra in ("slurm", "pbs"):
@@ -564,7 +564,7 @@ def test_cli_cluster_errors(tmp_path, capsys, store):
     status, _, err = run_cli(capsys, "fit", store.path, "-k", 2, "--out", tmp_path / "r",
                              "--cluster", bad)  # fmt: skip
     assert status == 2
-    assert f"bignmf: error: {bad}: unknown key 'wokers'" in err
+    assert f"bignmf fit: error: {bad}: unknown key 'wokers'" in err
     assert not (tmp_path / "r").exists()
     good = write_yaml(tmp_path / "good.yaml", {"kind": "local"})
     status, _, err = run_cli(capsys, "fit", store.path, "-k", 2, "--out", tmp_path / "r",
