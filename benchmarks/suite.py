@@ -60,8 +60,8 @@ import scaling
 HERE = Path(__file__).resolve().parent
 PARTS = ("roofline", "sklearn", "memory", "scaling", "checkpoint")
 PROFILES = ("full", "quick", "smoke")
-VERSIONED = ("bignmf", "numpy", "scipy", "dask", "distributed", "zarr", "numcodecs",
-             "scikit-learn", "matplotlib", "psutil")  # fmt: skip
+VERSIONED = ("numpy", "scipy", "dask", "distributed", "zarr", "numcodecs", "scikit-learn",
+             "matplotlib", "psutil")  # fmt: skip
 
 # Each profile's options for each script, as its own command line takes them. The smoke
 # profile keeps every code path (LocalClusters included) on matrices of a few thousand rows.
@@ -187,7 +187,9 @@ TITLES = {
 
 def versions() -> dict[str, str]:
     """Installed versions of the packages the figures depend on."""
-    found = {"python": platform.python_version()}
+    from bignmf import __version__  # the distribution is bignmf-dask: ask the package
+
+    found = {"python": platform.python_version(), "bignmf": __version__}
     for name in VERSIONED:
         with contextlib.suppress(metadata.PackageNotFoundError):
             found[name] = metadata.version(name)

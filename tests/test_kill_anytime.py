@@ -78,8 +78,10 @@ def reference(matrix, tmp_path_factory) -> Path:
 # after the final factors but before the summary
 @pytest.mark.parametrize(
     "point",
-    ["fit-converted@0", "iteration-before-h@2", "checkpoint-after-w@5",
-     "checkpoint-before-pointer@10", "finish-factors@12"],
+    ["fit-converted@0", "iteration-before-h@2", "finish-factors@12",
+     # the default run kills inside checkpoints in tests/test_checkpoint.py already
+     pytest.param("checkpoint-after-w@5", marks=pytest.mark.slow),
+     pytest.param("checkpoint-before-pointer@10", marks=pytest.mark.slow)],
 )  # fmt: skip
 def test_killed_fit_finishes_with_the_same_bits(matrix, reference, tmp_path, point):
     run = tmp_path / "run"

@@ -291,6 +291,7 @@ def test_a_resumed_regularised_run_stops_at_the_same_iteration(
     assert [line["objective"] for line in lines] == whole.objective_history
 
 
+@pytest.mark.slow  # 16 s, kept out of the default run for CI time
 def test_resume_may_change_the_stopping_rule(tmp_path, resume_store):
     sklearn_rule = _resumable(resume_store, stopping="sklearn")
     _resumable(resume_store, tmp_path / "run", stopping="relative", max_iter=5)
