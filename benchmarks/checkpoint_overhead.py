@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import bignmf
-from bignmf.synthetic import make_planted
+from bignmf.datasets.synthetic import make_planted
 
 VARIANTS = {"none": None, "default (every 10)": 10, "every iteration": 1}
 

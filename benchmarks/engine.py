@@ -67,14 +67,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine_loop import csr_views, plain_loop
 from engine_sklearn import Curve, minibatch_curve, sklearn_curve
 
-from bignmf.engine import nmf
-from bignmf.matrix import MemoryMatrix
-from bignmf.storage import DirectChunkReader, open_matrix
-from bignmf.synthetic import make_planted, planted_source
+from bignmf.datasets.synthetic import make_planted, planted_source
+from bignmf.fit.engine import nmf
+from bignmf.store.csr import DirectChunkReader, open_matrix
+from bignmf.store.matrix import MemoryMatrix
 
 PARTS = ("roofline", "disk", "sklearn")
 try:  # the malloc thresholds bignmf sets for its own worker processes
-    from bignmf.cluster import WORKER_ENV
+    from bignmf.cluster.config import WORKER_ENV
 
     MALLOC_ENV = {key: int(v) for key, v in WORKER_ENV.items() if key.startswith("MALLOC_")}
 except ImportError:

@@ -48,9 +48,9 @@ except ImportError:
 from engine import MALLOC_ENV, ensure_store, initial_factors, local_cluster, parse_args
 from engine_loop import csr_views
 
-import bignmf.driver
-import bignmf.engine
-import bignmf.graph as graph
+import bignmf.fit.driver
+import bignmf.fit.engine
+import bignmf.fit.graph as graph
 from bignmf.kernels.hals import hals_update
 from bignmf.kernels.solvers import (
     SOLVERS,
@@ -59,7 +59,7 @@ from bignmf.kernels.solvers import (
     get_solver,
     prepare_h,
 )
-from bignmf.matrix import MemoryMatrix
+from bignmf.store.matrix import MemoryMatrix
 
 _TMP: list[str] = []
 
@@ -153,7 +153,7 @@ def kernels(matrix: MemoryMatrix, store, W0, H0, repeat: int) -> dict[str, float
             each(update), repeat
         )
         accs = [update(i) for i in range(nb)]
-        from bignmf.reduction import aligned_groups
+        from bignmf.fit.reduction import aligned_groups
 
         n_groups = len(aligned_groups(nb, 8))  # the default 4 tasks per thread on 2 threads
         scratch = {key: v.copy() for key, v in accs[0].items()}
@@ -213,10 +213,10 @@ def patched(timeline: Timeline, tasks: bool):
         setattr(obj, attr, classmethod(wrapped) if isinstance(original, classmethod) else wrapped)
         saved.append((obj, attr, original))
 
-    patch(bignmf.driver, "iteration", "driver: build graph")
+    patch(bignmf.fit.driver, "iteration", "driver: build graph")
     patch(graph.HState, "of", "driver: HState.of")
-    patch(bignmf.engine.Runner, "persist", "driver: persist (wait)")
-    patch(bignmf.engine.Runner, "compute", "driver: compute (wait)")
+    patch(bignmf.fit.engine.Runner, "persist", "driver: persist (wait)")
+    patch(bignmf.fit.engine.Runner, "compute", "driver: compute (wait)")
     for cls in {type(s) for s in SOLVERS.values()}:
         patch(cls, "update_h", "driver: update_h")
     if tasks:
@@ -236,7 +236,7 @@ def phases(A, W0, H0, n_iter: int, scheduler, tasks: bool, **options) -> dict:
     marks: list[float] = []
     with patched(timeline, tasks):
         marks.append(time.perf_counter())
-        bignmf.engine.nmf(
+        bignmf.fit.engine.nmf(
             A,
             H0.shape[0],
             solver=SOLVER["solver"],
@@ -309,7 +309,7 @@ def cluster_profile(path, W0, H0, args, malloc, **options) -> dict:
     ):
         marks.append(time.perf_counter())
         epoch.append(time.time())
-        bignmf.engine.nmf(
+        bignmf.fit.engine.nmf(
             path,
             H0.shape[0],
             solver="hals",

@@ -202,7 +202,7 @@ def planted_store(
 
     Returns
     -------
-    store : bignmf.storage.CSRStore
+    store : bignmf.store.csr.CSRStore
     write_s : float
         Seconds it took to generate and write (when it was made).
     """
@@ -232,7 +232,7 @@ def fit_command(
 
 def seconds_per_iteration(run_dir: Path) -> float:
     """Median of the run's per-iteration seconds, the first (warm-up) left out."""
-    from bignmf.outputs import read_metrics
+    from bignmf.fit.outputs import read_metrics
 
     seconds = [r["seconds"] for r in read_metrics(run_dir)]
     return statistics.median(seconds[1:] or seconds) if seconds else float("nan")

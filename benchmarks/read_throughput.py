@@ -1,6 +1,7 @@
 """Read throughput of the sparse matrix store against raw uncompressed ``.npy`` files.
 
-Generates (once, cached in ``--workdir``) a planted matrix with :mod:`bignmf.synthetic`, saves its
+Generates (once, cached in ``--workdir``) a planted matrix with
+:mod:`bignmf.datasets.synthetic`, saves its
 ``data``/``indices``/``indptr`` as raw ``.npy`` files, writes it with every codec and chunk size
 asked for, then times reading every row block of each store against reading the same byte
 ranges from the ``.npy`` files, all variants side by side in one process, round-robin, and
@@ -52,8 +53,8 @@ try:
 except ImportError:  # run as `python benchmarks/read_throughput.py` from an uninstalled checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bignmf.storage import DirectChunkReader
-from bignmf.synthetic import planted_source
+from bignmf.datasets.synthetic import planted_source
+from bignmf.store.csr import DirectChunkReader
 from bignmf.types import Source
 
 ARRAYS = ("data", "indices", "indptr")
@@ -160,7 +161,7 @@ def raw_source(raw: RawMatrix) -> Source:
 
 def ensure_store(raw: RawMatrix, codec: str, chunk: int, workdir: Path):
     """Write the matrix with ``codec`` and ``chunk`` unless cached; returns (store, write_s)."""
-    from bignmf.storage import open_matrix, write_matrix
+    from bignmf.store.csr import open_matrix, write_matrix
 
     path = workdir / f"{raw.directory.name}_{codec}_c{chunk}.zarr"
     stamp = path.with_name(path.name + ".done")

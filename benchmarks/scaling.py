@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import engine
 import memory_peak
 
-from bignmf.cluster import scheduler_for
+from bignmf.cluster.config import scheduler_for
 
 
 def fit_on(store, scheduler, args: argparse.Namespace, clock=engine.tree_cpu) -> engine.Run:

@@ -1,7 +1,8 @@
 """Network traffic of a bignmf iteration on a Dask cluster, against the theoretical minimum.
 
 A ``dask scheduler`` and ``--workers`` single-threaded ``dask worker`` processes (each with its
-nanny, bignmf's :data:`~bignmf.cluster.WORKER_ENV`) are started on 127.0.0.1, each a process of
+nanny, bignmf's :data:`~bignmf.cluster.config.WORKER_ENV`)
+are started on 127.0.0.1, each a process of
 its own, so that every hop between the client, the scheduler and the workers crosses a TCP
 socket. Every process's ``distributed.comm.tcp.TCP.write`` is wrapped to count the bytes each
 message puts on its socket (distributed's frames with their length headers, after any
@@ -63,10 +64,10 @@ try:
 except ImportError:  # run as `python benchmarks/traffic.py` from an uninstalled checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bignmf.cluster import WORKER_ENV
-from bignmf.engine import nmf
-from bignmf.storage import open_matrix
-from bignmf.synthetic import make_planted
+from bignmf.cluster.config import WORKER_ENV
+from bignmf.datasets.synthetic import make_planted
+from bignmf.fit.engine import nmf
+from bignmf.store.csr import open_matrix
 
 MB = 1e6
 # What an iteration's graph may move between workers: H, the static plan, partial-sum stacks
@@ -374,7 +375,7 @@ def _median_routes(rows: list[dict]) -> dict:
 
 def theory(store, args: argparse.Namespace, n_workers: int, acc_bytes: int) -> dict:
     """Sizes that bound the traffic (bytes); HState as bignmf pickles it."""
-    from bignmf.graph import HState
+    from bignmf.fit.graph import HState
 
     m, n = store.shape
     s = store.dtype.itemsize

@@ -1,10 +1,8 @@
 """bignmf: out-of-core, distributed non-negative matrix factorization on Dask and Zarr."""
 
-from ._version import __version__
-from .cluster import connect
-from .driver import IterationInfo
-from .engine import NMFResult, nmf, resume
-from .errors import (
+from bignmf._version import __version__
+from bignmf.cluster.config import connect
+from bignmf.errors import (
     BigNMFError,
     InputError,
     ObjectiveIncreaseWarning,
@@ -13,15 +11,17 @@ from .errors import (
     StoreFormatError,
     WorkersPausedError,
 )
-from .ingest import convert
-from .storage import CSRStore, open_matrix, write_matrix
-from .types import Source
+from bignmf.fit.driver import IterationInfo
+from bignmf.fit.engine import NMFResult, nmf, resume
+from bignmf.io.convert import convert
+from bignmf.store.csr import CSRStore, open_matrix, write_matrix
+from bignmf.types import Source
 
 
 def __getattr__(name: str):
     # the estimator needs scikit-learn (the 'sklearn' extra): imported only when asked for
     if name == "NMF":
-        from .estimator import NMF
+        from bignmf.estimator import NMF
 
         return NMF
     raise AttributeError(f"module 'bignmf' has no attribute {name!r}")

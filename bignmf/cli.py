@@ -17,14 +17,14 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ._memory import fix_mmap_threshold
-from ._version import __version__
-from .driver import STOPPING
-from .errors import BigNMFError, ParameterError, StoreExistsError
-from .init import INITS
-from .kernels.solvers import BETA_NAMES, SOLVERS
-from .storage import CODECS, DEFAULT_CHUNK_SIZE, DEFAULT_CODEC
-from .vocabulary import find_vocabulary, vocabulary_path
+from bignmf._memory import fix_mmap_threshold
+from bignmf._version import __version__
+from bignmf.errors import BigNMFError, ParameterError, StoreExistsError
+from bignmf.fit.driver import STOPPING
+from bignmf.fit.init import INITS
+from bignmf.io.vocabulary import find_vocabulary, vocabulary_path
+from bignmf.kernels.solvers import BETA_NAMES, SOLVERS
+from bignmf.store.csr import CODECS, DEFAULT_CHUNK_SIZE, DEFAULT_CODEC
 
 
 def _human_bytes(n: float) -> str:
@@ -45,7 +45,7 @@ def _progress_bar(total: int, enabled: bool, desc: str):
 
 
 def _cache_size(text: str):
-    from .blockcache import parse_budget
+    from bignmf.store.blockcache import parse_budget
 
     try:
         return parse_budget(text) or 0  # 0, not None: `resume --cache-a 0` turns it off
@@ -55,7 +55,7 @@ def _cache_size(text: str):
 
 def _scheduler(args: argparse.Namespace):
     """The context manager yielding the run's scheduler: ``--cluster`` or ``--scheduler``."""
-    from .cluster import connect, scheduler_for
+    from bignmf.cluster.config import connect, scheduler_for
 
     if args.cluster is None:
         return scheduler_for(args.scheduler, n_workers=args.workers)
@@ -78,7 +78,7 @@ def _store_options(args: argparse.Namespace) -> dict:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     fix_mmap_threshold()
-    from .ingest import convert
+    from bignmf.io.convert import convert
 
     with _progress_bar(None, not args.no_progress, "convert") as bar:
         store = convert(args.src, args.dst, format=args.format, key=args.key,
@@ -90,7 +90,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     fix_mmap_threshold()
-    from .synthetic import make_planted
+    from bignmf.datasets.synthetic import make_planted
 
     options = _store_options(args)
     options["dtype"] = options["dtype"] or "float32"
@@ -128,10 +128,10 @@ def _as_store(
 ):
     """A store as given, or the input converted into ``RUN_DIR/A.zarr`` first (``reuse``: the
     conversion an earlier attempt of the same fit committed there)."""
-    from .checkpoint import CONVERTED
-    from .errors import StoreFormatError
-    from .ingest import convert
-    from .storage import open_matrix
+    from bignmf.errors import StoreFormatError
+    from bignmf.fit.rundir import CONVERTED
+    from bignmf.io.convert import convert
+    from bignmf.store.csr import open_matrix
 
     try:
         return open_matrix(_existing(path), key, block_nnz=block_nnz)
@@ -158,7 +158,7 @@ def _show_top_features(H, store: str | None, given: str | None, n: int) -> None:
 
 
 def _print_top_features(H, vocabulary: list[str] | None, n: int) -> None:
-    from .outputs import top_features
+    from bignmf.fit.outputs import top_features
 
     for c, features in enumerate(top_features(H, n)):
         names = [vocabulary[j] if vocabulary and j < len(vocabulary) else str(j)
@@ -168,8 +168,8 @@ def _print_top_features(H, vocabulary: list[str] | None, n: int) -> None:
 
 def _finish(run_dir: Path, result, seconds: float, n_top: int) -> None:
     """Write W, H, summary and loss curve; print what a person wants to see."""
-    from .checkpoint import RunDir, crash_point
-    from .outputs import plot_loss, write_factors, write_summary
+    from bignmf.fit.outputs import plot_loss, write_factors, write_summary
+    from bignmf.fit.rundir import RunDir, crash_point
 
     record = RunDir(run_dir).record()
     w_path, h_path = write_factors(result.W, result.H, run_dir)
@@ -183,7 +183,7 @@ def _finish(run_dir: Path, result, seconds: float, n_top: int) -> None:
     norm = None
     rel = None
     if result.loss_history and record["settings"]["beta_loss"] == 2:
-        from .storage import open_matrix
+        from bignmf.store.csr import open_matrix
 
         path = record["matrix"].get("path")
         norm = open_matrix(path, record["matrix"].get("key")).frobenius_sq if path else None
@@ -208,7 +208,7 @@ def _finish(run_dir: Path, result, seconds: float, n_top: int) -> None:
 def _cmd_fit(args: argparse.Namespace) -> int:
     import time
 
-    from .checkpoint import RunDir, crash_point
+    from bignmf.fit.rundir import RunDir, crash_point
 
     run = RunDir(args.out)
     run_dir = run.path
@@ -230,7 +230,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 def _fit_in(where, store, run_dir: Path, args: argparse.Namespace):
     """``bignmf fit``'s call of :func:`bignmf.nmf` on the chosen scheduler."""
-    from .engine import nmf
+    from bignmf.fit.engine import nmf
 
     with where as scheduler:
         return nmf(
@@ -248,8 +248,8 @@ def _fit_in(where, store, run_dir: Path, args: argparse.Namespace):
 def _cmd_resume(args: argparse.Namespace) -> int:
     import time
 
-    from .checkpoint import RunDir
-    from .engine import finished, resume
+    from bignmf.fit.engine import finished, resume
+    from bignmf.fit.rundir import RunDir
 
     names = ("max_iter", "tol", "stopping", "n_tasks", "cache_a", "checkpoint_every",
              "checkpoint_seconds")  # fmt: skip
@@ -293,10 +293,10 @@ def _already_finished(run_dir: Path, n_iter: int, converged: bool, options: dict
 def _cmd_transform(args: argparse.Namespace) -> int:
     import zarr
 
-    from .checkpoint import RunDir
-    from .cluster import scheduler_for
-    from .outputs import write_rows
-    from .transform import transform
+    from bignmf.cluster.config import scheduler_for
+    from bignmf.fit.outputs import write_rows
+    from bignmf.fit.rundir import RunDir
+    from bignmf.fit.transform import transform
 
     settings = RunDir(args.run_dir).record()["settings"]
     H = zarr.open_array(Path(args.run_dir) / "H.zarr", mode="r")[...]
@@ -324,7 +324,7 @@ def _cmd_transform(args: argparse.Namespace) -> int:
 def _cmd_top_features(args: argparse.Namespace) -> int:
     import zarr
 
-    from .checkpoint import RunDir
+    from bignmf.fit.rundir import RunDir
 
     run = RunDir(args.run_dir)
     record = run.record()
@@ -342,10 +342,10 @@ def _cmd_top_features(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import time
 
-    from .cluster import scheduler_for
-    from .datasets import docstring_corpus
-    from .engine import nmf
-    from .storage import open_matrix
+    from bignmf.cluster.config import scheduler_for
+    from bignmf.datasets.corpus import docstring_corpus
+    from bignmf.fit.engine import nmf
+    from bignmf.store.csr import open_matrix
 
     out = Path(args.out)
     corpus = out / "docs.zarr"
@@ -371,7 +371,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .storage import open_matrix
+    from bignmf.store.csr import open_matrix
 
     path = _existing(args.path)
     if path.is_file():

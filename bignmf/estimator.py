@@ -1,7 +1,7 @@
 """scikit-learn's ``NMF`` estimator over bignmf's out-of-core engine.
 
 A front end: it validates parameters and input, calls :func:`bignmf.nmf` (fit) and
-:func:`bignmf.transform.transform` (transform), and keeps the fitted attributes. No algorithm
+:func:`bignmf.fit.transform.transform` (transform), and keeps the fitted attributes. No algorithm
 code lives here. scikit-learn is needed only by this module.
 """
 
@@ -26,13 +26,13 @@ from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .driver import IterationInfo
-from .engine import nmf
-from .init import INITS
-from .kernels.solvers import beta_loss_to_float
-from .matrix import MemoryMatrix, as_block_matrix
-from .storage import CSRStore
-from .transform import transform as transform_rows
+from bignmf.fit.driver import IterationInfo
+from bignmf.fit.engine import nmf
+from bignmf.fit.init import INITS
+from bignmf.fit.transform import transform as transform_rows
+from bignmf.kernels.solvers import beta_loss_to_float
+from bignmf.store.csr import CSRStore
+from bignmf.store.matrix import MemoryMatrix, as_block_matrix
 
 __all__ = ["NMF"]
 
@@ -139,7 +139,7 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
     See Also
     --------
     bignmf.nmf : The functional engine.
-    bignmf.transform.transform : W of new rows against fixed components.
+    bignmf.fit.transform.transform : W of new rows against fixed components.
     sklearn.decomposition.NMF : The in-memory original.
 
     Notes
@@ -159,7 +159,7 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
     ``solver='mu'``. Differences from scikit-learn: no ``shuffle``; the random initialisation
     draws from NumPy's ``Generator`` per row block, so factors differ from scikit-learn's for
     the same seed; and the stopping rule (``stopping='sklearn'`` of :func:`bignmf.nmf`,
-    :func:`bignmf.driver.sklearn_decrease`):
+    :func:`bignmf.fit.driver.sklearn_decrease`):
 
     - scikit-learn's ``solver='mu'`` checks every 10 iterations whether
       ``(e_{t-10} − e_t) / e_0 < tol``, ``e_t`` the error ``sqrt(2·D)`` of ``(W_t, H_t)`` and
@@ -328,7 +328,7 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
 
         Notes
         -----
-        One pass over X (see :func:`bignmf.transform.transform`): exact non-negative least
+        One pass over X (see :func:`bignmf.fit.transform.transform`): exact non-negative least
         squares per row for Frobenius, W-only multiplicative updates for ``solver='mu'``.
         Memory: one row block of X per task, H, and W when kept in memory.
         """

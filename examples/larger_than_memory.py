@@ -7,7 +7,7 @@ resumes from its last checkpoint to exactly the result of an uninterrupted run.
 
 This example:
 
-1. generates a planted sparse matrix (:func:`bignmf.synthetic.make_planted`) whose CSR form is
+1. generates a planted sparse matrix (:func:`bignmf.datasets.make_planted`) whose CSR form is
    larger than the memory given to the workers — 2 worker processes of 200 MiB each (300 MiB
    with ``--large``);
 2. writes a cluster file (``kind: local``: an embedded LocalCluster of 2 single-threaded
@@ -52,8 +52,8 @@ import psutil  # a dependency of distributed
 import zarr
 
 import bignmf
-from bignmf.outputs import read_metrics
-from bignmf.synthetic import make_planted
+from bignmf.datasets.synthetic import make_planted
+from bignmf.fit.outputs import read_metrics
 
 MiB = 2**20
 WORKERS = 2

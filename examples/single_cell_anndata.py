@@ -48,7 +48,7 @@ import zarr
 from sklearn.metrics import adjusted_rand_score
 
 import bignmf
-from bignmf.cluster import scheduler_for
+from bignmf.cluster.config import scheduler_for
 
 SMALL = {"cells": 5_000, "genes": 4_000}
 LARGE = {"cells": 60_000, "genes": 12_000}

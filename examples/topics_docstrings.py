@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 
 import bignmf
-from bignmf.cluster import scheduler_for
-from bignmf.datasets import docstring_corpus, load_vocabulary, titles_path, vocabulary_path
-from bignmf.outputs import top_features, write_factors
+from bignmf.cluster.config import scheduler_for
+from bignmf.datasets.corpus import docstring_corpus, load_vocabulary, titles_path, vocabulary_path
+from bignmf.fit.outputs import top_features, write_factors
 
 SMALL = {"documents": 6_000, "topics": 15, "max_iter": 100}
 LARGE = {"documents": None, "topics": 30, "max_iter": 300}  # None: every docstring

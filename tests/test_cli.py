@@ -11,8 +11,8 @@ import scipy.sparse as sp
 import zarr
 
 import bignmf
-from bignmf import blockcache
 from bignmf.cli import main
+from bignmf.store import blockcache
 
 
 def run(capsys, *args) -> tuple[int, str, str]:

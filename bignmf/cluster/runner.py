@@ -1,0 +1,234 @@
+"""Running graphs on the chosen scheduler, and what that scheduler is."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+
+from bignmf.errors import BigNMFError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Runner:
+    """Computes and persists Dask collections on the chosen scheduler."""
+
+    scheduler: Any = None
+
+    def _options(self) -> dict:
+        return {} if self.scheduler is None else {"scheduler": self.scheduler}
+
+    def compute(self, *collections):
+        """``dask.compute`` on this scheduler.
+
+        Raises
+        ------
+        WorkersPausedError
+            On a distributed scheduler, when every worker has stayed paused by distributed's
+            memory manager for ``bignmf.paused-timeout`` seconds of Dask's configuration
+            (default :data:`PAUSED_TIMEOUT`); nothing could run, the compute would never end.
+        """
+        with _inputs_in_graph():
+            client = client_of(self.scheduler)
+            if client is None:
+                return dask.compute(*collections, **self._options())
+            return _watched_compute(client, collections)
+
+    def persist(self, *collections):
+        """``dask.persist`` on this scheduler (results stay on the workers)."""
+        with _inputs_in_graph():
+            return dask.persist(*collections, **self._options())
+
+    @staticmethod
+    def share(value: Any, name: str):
+        """``value`` as a graph input named ``name`` (no hash of it is computed).
+
+        Inputs stay inside the graph rather than being scattered to the workers: the scheduler
+        can then resend them to whichever worker reruns a task after a loss. Scattered data
+        cannot be recomputed, and distributed's memory manager keeps a single replica of it;
+        scattering H made the fit fail or hang in 2 of 6 runs of the worker-kill test.
+        """
+        return dask.delayed(value, name=name)
+
+    def everywhere(self, function: Callable[..., Any], *args: Any) -> None:
+        """Call ``function(*args)`` in this process and, on a distributed scheduler, in every
+        worker (best effort: a worker that is gone has nothing to clean up)."""
+        function(*args)
+        client = client_of(self.scheduler)
+        if client is not None:
+            try:
+                client.run(function, *args)
+            except Exception as error:  # cleaning up must not fail a finished fit
+                logger.warning("could not run %s on every worker: %s", function.__name__, error)
+
+    def check_visible(self, paths: list) -> None:
+        """Raise :class:`~bignmf.errors.BigNMFError` naming the first worker of a distributed
+        scheduler that cannot see one of ``paths`` (None entries are skipped)."""
+        client = client_of(self.scheduler)
+        paths = [os.fspath(p) for p in paths if p is not None and "://" not in os.fspath(p)]
+        if client is None or not paths:
+            return
+        for worker, missing in sorted(client.run(_missing, paths).items()):
+            if missing:
+                raise BigNMFError(
+                    f"worker {worker} cannot see {missing[0]}: the store and the run directory "
+                    "must be on storage every worker reaches, under the same path"
+                )
+
+    def workers(self) -> dict[str, int] | None:
+        """Threads of each worker of a distributed scheduler (None on a local one)."""
+        client = client_of(self.scheduler)
+        if client is None:
+            return None
+        try:
+            return dict(client.nthreads())
+        except Exception:  # no placement is better than a failed iteration
+            return None
+
+
+PAUSED_TIMEOUT = 300.0  # seconds every worker may stay paused before a compute gives up
+_POLL_SECONDS = 5.0
+
+
+def _watched_compute(client: Any, collections: tuple) -> tuple:
+    """Compute on a distributed client, checking the workers while waiting: a worker paused
+    for memory runs nothing, and if all of them stay paused the results never come."""
+    from distributed import TimeoutError as DistributedTimeout
+    from distributed import wait
+
+    futures = client.compute(list(collections))
+    try:
+        paused_since = None
+        while True:
+            try:
+                wait(futures, timeout=_POLL_SECONDS)
+                return tuple(client.gather(futures))
+            except DistributedTimeout:
+                paused = _all_paused(client)
+                paused_since = None if paused is None else (paused_since or time.monotonic())
+                limit = float(dask.config.get("bignmf.paused-timeout", PAUSED_TIMEOUT))
+                if paused_since is not None and time.monotonic() - paused_since >= limit:
+                    raise _paused_error(paused, limit) from None
+    except BaseException:
+        client.cancel(futures)
+        raise
+
+
+def _all_paused(client: Any) -> dict | None:
+    """The workers (address: info) if there are some and every one of them is paused."""
+    try:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+    except Exception:  # a scheduler that cannot answer now is not evidence of a pause
+        return None
+    if workers and all(info.get("status") == "paused" for info in workers.values()):
+        return workers
+    return None
+
+
+def _paused_error(workers: dict, seconds: float) -> Exception:
+    from dask.utils import format_bytes
+
+    from bignmf.errors import WorkersPausedError
+
+    def describe(address: str, info: dict) -> str:
+        used = (info.get("metrics") or {}).get("memory")
+        limit = info.get("memory_limit")
+        if used is None or not limit:
+            return address
+        return f"{address} ({format_bytes(used)} of its {format_bytes(limit)} limit)"
+
+    listed = "; ".join(describe(address, info) for address, info in sorted(workers.items()))
+    return WorkersPausedError(
+        f"every worker has been paused by distributed's memory manager for {seconds:g} s, so "
+        f"no task can run: {listed}. Give the workers more memory, use more tasks per pass "
+        f"(n_tasks / --n-tasks) so that each holds less, or column chunks (--column-chunks) "
+        f"for a very wide matrix; a checkpointed run resumes from its last checkpoint. "
+        f"(The wait is set by Dask's config key bignmf.paused-timeout.)"
+    )
+
+
+def _inputs_in_graph():
+    """Silence distributed's "large graph" warning for bignmf's graphs: they carry H (or a
+    range of it, or the SVD's sketch) on purpose, see :meth:`Runner.share`."""
+    if "distributed" not in sys.modules:
+        # no distributed client, no warning; and setting a key of a config that distributed
+        # has not loaded yet would drop its defaults when the setting is undone
+        return contextlib.nullcontext()
+    return dask.config.set({"distributed.admin.large-graph-warning-threshold": "64GiB"})
+
+
+def client_of(scheduler: Any):
+    """The distributed Client that will run the graphs, if any."""
+    if hasattr(scheduler, "nthreads"):
+        return scheduler
+    if scheduler is None:
+        try:
+            from distributed import default_client
+
+            return default_client()
+        except (ImportError, ValueError):
+            return None
+    return None
+
+
+def is_distributed(scheduler: Any) -> bool:
+    """Whether a distributed Client runs the graphs."""
+    return client_of(scheduler) is not None
+
+
+def scheduler_threads(scheduler: Any) -> int:
+    """Threads the computation will use, to size the fat tasks."""
+    if scheduler in ("sync", "synchronous", "single-threaded"):
+        return 1
+    client = client_of(scheduler)
+    if client is not None:
+        return max(sum(client.nthreads().values()), 1)
+    return os.cpu_count() or 1
+
+
+def _worker_memory(scheduler: Any) -> list[tuple[int, int]]:
+    """``(memory limit, threads)`` of each worker of a distributed scheduler (no limit: RAM)."""
+    from bignmf.store.factors import machine_memory_bytes
+
+    client = client_of(scheduler)
+    if client is None:
+        return []
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    ram = machine_memory_bytes()
+    return [(int(w.get("memory_limit") or ram), max(int(w.get("nthreads", 1)), 1)) for w in workers]
+
+
+def task_memory_bytes(scheduler: Any) -> int:
+    """Memory one task may use: the smallest worker memory limit per thread, or RAM per core.
+
+    Workers with no memory limit count as this machine's RAM shared by its threads.
+    """
+    from bignmf.store.factors import machine_memory_bytes
+
+    shares = [limit // threads for limit, threads in _worker_memory(scheduler)]
+    if shares:
+        return int(min(shares))
+    return machine_memory_bytes() // max(scheduler_threads(scheduler), 1)
+
+
+def process_memory_bytes(scheduler: Any) -> int:
+    """Memory of one process running tasks: the smallest worker memory limit, or this
+    machine's RAM when the tasks run here."""
+    from bignmf.store.factors import machine_memory_bytes
+
+    limits = [limit for limit, _ in _worker_memory(scheduler)]
+    return int(min(limits)) if limits else machine_memory_bytes()
+
+
+def _missing(paths: list[str]) -> list[str]:
+    """Those of ``paths`` that do not exist where this runs (on a worker)."""
+    return [path for path in paths if not os.path.exists(path)]

@@ -1,0 +1,579 @@
+"""The functional entry point :func:`nmf`: initialise, iterate, stop.
+
+Each iteration builds one small graph (:func:`bignmf.fit.graph.iteration`), persists W's new blocks
+and computes the reduced partial sums, then updates H in NumPy. The graph of iteration t refers
+only to the persisted results of iteration t-1, so lineage never grows.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from bignmf.cluster.runner import (
+    Runner,
+    is_distributed,
+    process_memory_bytes,
+    scheduler_threads,
+    task_memory_bytes,
+)
+from bignmf.errors import ParameterError
+from bignmf.fit import columns
+from bignmf.fit.callbacks import (
+    Checkpointer,
+    FunctionCallback,
+    LogIterations,
+    MetricsFile,
+    ProgressBar,
+)
+from bignmf.fit.driver import FitState, IterationInfo, get_stopping, rounding, run
+from bignmf.fit.graph import Pass, placement
+from bignmf.fit.init import INITS, InitSpec, check_custom, custom_init, nndsvd_init, random_init
+from bignmf.fit.rundir import WORK_W, CheckpointError, RunDir, crc32
+from bignmf.kernels.solvers import SOLVERS, SolverParams, beta_loss_to_float, get_solver
+from bignmf.store import blockcache
+from bignmf.store.csr import CSRStore, open_matrix
+from bignmf.store.factors import ZarrBlocks, choose_storage
+from bignmf.store.matrix import as_block_matrix
+
+
+@dataclass
+class NMFResult:
+    """The outcome of :func:`nmf`.
+
+    Attributes
+    ----------
+    W : ndarray or dask.array.Array, shape (m, k)
+        NumPy when W was kept in memory; a lazy Dask array reading the Zarr blocks otherwise.
+    H : ndarray, shape (k, n)
+    loss_history : list of float
+        Loss (the β-divergence) after each iteration's W update (see :class:`IterationInfo`).
+    reconstruction_err : float
+        scikit-learn's ``reconstruction_err_`` of the final ``(W, H)``: ‖A − WH‖_F for Frobenius.
+    n_iter : int
+    converged : bool
+        Whether the stopping rule (``tol``, ``stopping``) stopped the run before ``max_iter``.
+    run_dir : str or None
+        The run directory, when checkpointing.
+    objective_history : list of float
+        The objective minimised after each iteration: the loss plus the penalties of
+        ``alpha_W``/``alpha_H`` (equal to ``loss_history`` without them); the stopping rule
+        reads it.
+    """
+
+    W: Any
+    H: np.ndarray
+    loss_history: list[float] = field(default_factory=list)
+    reconstruction_err: float = float("nan")
+    n_iter: int = 0
+    converged: bool = False
+    run_dir: str | None = None
+    objective_history: list[float] = field(default_factory=list)
+
+
+def _seed(random_state: int | None) -> int:
+    if random_state is None:
+        return int(np.random.SeedSequence().entropy % (2**63))
+    if isinstance(random_state, int | np.integer) and random_state >= 0:
+        return int(random_state)
+    raise ValueError(f"random_state must be a non-negative int or None, got {random_state!r}")
+
+
+def nmf(
+    A: Any,
+    n_components: int,
+    *,
+    solver: str = "hals",
+    beta_loss: float | str = "frobenius",
+    init: str | None = None,
+    W: np.ndarray | None = None,
+    H: np.ndarray | None = None,
+    tol: float = 1e-4,
+    stopping: str = "relative",
+    max_iter: int = 200,
+    random_state: int | None = None,
+    alpha_W: float = 0.0,
+    alpha_H: float | str = "same",
+    l1_ratio: float = 0.0,
+    n_inner: int | None = None,
+    w_storage: str = "auto",
+    workdir: str | os.PathLike | None = None,
+    n_tasks: int | None = None,
+    split_every: int = 8,
+    block_nnz: int | None = None,
+    column_chunks: int | None = None,
+    cache_a: int | str | None = None,
+    scheduler: Any = None,
+    callback: Callable[[IterationInfo], Any] | None = None,
+    callbacks: tuple = (),
+    progress: bool = False,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = 10,
+    checkpoint_seconds: float | None = 600.0,
+    resume: str | os.PathLike | None = None,
+) -> NMFResult:
+    """Non-negative matrix factorization A ≈ W·H of a stored or in-memory sparse matrix.
+
+    Parameters
+    ----------
+    A : path, CSRStore, scipy.sparse matrix or ndarray, shape (m, n)
+        A store written by :func:`bignmf.convert` (or an AnnData ``.zarr``), or a matrix in
+        memory.
+    n_components : int
+        Rank k.
+    solver : {'hals', 'mu', 'bpp'}
+        Accelerated HALS (default), multiplicative updates, or ANLS with block principal
+        pivoting.
+    beta_loss : {'frobenius', 'kullback-leibler', 'itakura-saito'} or float
+        Divergence; only ``'mu'`` supports other than Frobenius.
+    init : {None, 'random', 'nndsvd', 'nndsvda', 'nndsvdar', 'custom'}
+        As scikit-learn: ``None`` is 'nndsvda' when ``k <= min(m, n)``, else 'random';
+        'random' is ``sqrt(mean(A)/k)·|N(0,1)|`` seeded per row block from ``random_state``;
+        the NNDSVD family comes from an out-of-core randomized SVD (a few passes over A);
+        'custom' takes ``W`` and ``H``.
+    W, H : ndarray, optional
+        Initial factors for ``init='custom'``.
+    tol : float
+        Tolerance of the stopping rule; 0 runs ``max_iter`` iterations.
+    stopping : {'relative', 'sklearn'}
+        The stopping rule, on the objective (loss + penalties) of each iteration's
+        ``(W_t, H_{t-1})``. 'relative' (default): stop after the first iteration that lowers
+        the objective by less than ``tol`` times its previous value. 'sklearn':
+        scikit-learn's multiplicative-update rule — every 10 iterations, stop when
+        ``sqrt(2·objective)`` fell by less than ``tol`` times its value after the first
+        iteration (scikit-learn: of the initial factors) since the last check; what
+        :class:`bignmf.NMF` uses (see :func:`bignmf.fit.driver.sklearn_decrease`). Under either
+        rule a rise of the objective is not convergence: the fit goes on, with an
+        :class:`~bignmf.ObjectiveIncreaseWarning`.
+    max_iter : int
+        Maximum number of iterations.
+    random_state : int, optional
+        Seed of the random initialisation.
+    alpha_W, alpha_H, l1_ratio : float
+        Regularisation, with scikit-learn's meaning and scaling.
+    n_inner : int, optional
+        HALS sweeps per pass over A (default 1 for 'hals'; several amortise the pass).
+    w_storage : {'auto', 'memory', 'zarr'}
+        Keep W's blocks in memory or on disk in ``workdir``. 'auto': on a distributed
+        scheduler always on disk (so that an iteration's graph depends only on stored blocks
+        and a lost worker costs only its tasks), otherwise in memory when W fits easily.
+    workdir : path, optional
+        Where W's Zarr blocks go when on disk: the run directory when checkpointing, else a
+        new temporary directory. On a cluster it must be on storage every worker can reach.
+    n_tasks : int, optional
+        Number of fat tasks per iteration (default 4 per scheduler thread).
+    split_every : int
+        Fan-in of the reduction tree (a power of two).
+    block_nnz : int, optional
+        Re-plan the row blocks (in-memory input, or stores from other tools).
+    column_chunks : int, optional
+        Cut H into this many column ranges and make two passes over A per iteration, so that
+        no task holds all of H (for very wide matrices; Frobenius loss only; each block of A
+        is then read ``2·column_chunks`` times per iteration). Default: 1 (one fused pass)
+        unless a task's share of H — ``Hᵀ`` and its n×k partial sums — would exceed a quarter
+        of a worker thread's memory (see :mod:`bignmf.fit.columns`). A resumed run keeps the
+        recorded value.
+    cache_a : int, str or None
+        Keep A's decoded row blocks in the memory of each process that reads them (each Dask
+        worker, or this process on a local scheduler) between iterations, up to this many
+        bytes per process: a size such as ``'4GiB'``, a number of bytes, or ``'auto'`` (a
+        quarter of the smallest worker's memory limit, or of RAM). Off by default: it trades
+        memory for the decoding of every block in every pass. Only stores are cached; the
+        results do not change; a worker with a memory limit keeps blocks only while below
+        distributed's spill and pause thresholds; the blocks are dropped when the fit ends. A
+        resumed run keeps the recorded value unless given another.
+    scheduler : optional
+        Passed to ``dask.compute`` (``'threads'``, ``'sync'``, a ``distributed.Client``);
+        default: Dask's current scheduler.
+    callback : callable, optional
+        Called with an :class:`~bignmf.fit.driver.IterationInfo` after every iteration.
+    callbacks : sequence, optional
+        Callback objects (:mod:`~bignmf.fit.callbacks`), with ``on_start``, ``on_iteration``
+        and ``on_end``.
+    progress : bool
+        Show a progress bar on stderr (only when it is a terminal).
+    checkpoint_dir : path, optional
+        Start a run directory here: ``run.json``, ``metrics.jsonl`` and checkpoints (the last
+        two kept), from which :func:`nmf` with ``resume=`` continues. Must not hold a run.
+    checkpoint_every, checkpoint_seconds : int, float, optional
+        Checkpoint every so many iterations and/or seconds (default 10 iterations or 10
+        minutes, whichever comes first), and always at the end.
+    resume : path, optional
+        Continue the run in this directory from its newest intact checkpoint. A, the
+        settings that fix the iterates and the row blocking must be those it was started with;
+        ``max_iter``, ``tol`` and ``stopping`` may differ. The result is bitwise equal to an
+        uninterrupted run.
+
+    Returns
+    -------
+    NMFResult
+
+    Notes
+    -----
+    Memory: the driver holds H (k×n), a few n×k partial sums and k×k grams; each task holds one
+    row block of A, its rows of W and ``log2(blocks per task) + 1`` n×k partial sums (n/R×k
+    with ``column_chunks=R``). W is kept
+    in memory (≈3·m·k values) or on disk. Results depend on the row blocks, never on the
+    scheduler or the number of tasks: the partial sums are added in a fixed tree.
+    """
+    matrix = as_block_matrix(A, block_nnz=block_nnz)
+    m, n = matrix.shape
+    threads = scheduler_threads(scheduler)
+    n_tasks = n_tasks or 4 * threads
+    try:  # every parameter is checked before anything is written
+        settings = _settings(
+            matrix, n_components, solver=solver, beta_loss=beta_loss, init=init,
+            seed=None if resume is not None else _seed(random_state), alpha_W=alpha_W,
+            alpha_H=alpha_H, l1_ratio=l1_ratio, n_inner=n_inner,
+            column_chunks=_column_chunks(
+                column_chunks, matrix, n_components, beta_loss, init, scheduler, n_tasks, resume
+            ),
+        )  # fmt: skip
+    except ValueError as error:
+        raise ParameterError(str(error)) from None
+    get_stopping(stopping)  # an unknown rule is refused before anything is written
+    options = {"max_iter": int(max_iter), "tol": float(tol), "stopping": stopping,
+               "w_storage": w_storage, "block_nnz": block_nnz,
+               "checkpoint_every": checkpoint_every, "checkpoint_seconds": checkpoint_seconds,
+               "cache_a": blockcache.parse_budget(cache_a)}  # fmt: skip
+    _check_options(options, n_tasks=n_tasks, split_every=split_every)
+    try:
+        params = SolverParams.from_alpha(
+            n_samples=m, n_features=n, beta_loss=settings["beta_loss"], alpha_W=alpha_W,
+            alpha_H=alpha_H, l1_ratio=l1_ratio, n_inner=settings["n_inner"],
+        )  # fmt: skip
+        plan = Pass.plan(matrix.n_blocks, n_tasks, solver, params, split_every)
+    except ValueError as error:
+        raise ParameterError(str(error)) from None
+    if settings["init"] == "custom" and resume is None:  # before anything is written
+        check_custom(W, H, matrix.shape, settings["n_components"], matrix.dtype)
+    runner = Runner(scheduler)
+    run_dir, record = _run_dir(matrix, settings, options, checkpoint_dir, resume)
+    job = _Job(matrix, settings if record is None else record["settings"], options, params, plan,
+               runner, run_dir, record, workdir, (W, H),
+               _callbacks(callback, callbacks, progress, run_dir, options))  # fmt: skip
+    try:
+        return _fit(job)
+    except BaseException:
+        if run_dir is not None and resume is None:
+            run_dir.discard()  # a run that fails before its first checkpoint blocks no retry
+        raise
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A fit whose parameters are all checked and whose run directory (if any) is open."""
+
+    matrix: Any
+    settings: dict
+    options: dict
+    params: SolverParams
+    plan: Pass
+    runner: Runner
+    run_dir: RunDir | None
+    record: dict | None
+    workdir: Any
+    initial: tuple  # custom (W, H), or (None, None)
+    callbacks: list
+
+
+def _callbacks(callback, callbacks, progress: bool, run_dir, options: dict) -> list:
+    """The loop's callbacks: the user's, then progress, logging, metrics and checkpoints."""
+    found = list(callbacks)
+    if callback is not None:
+        found.append(FunctionCallback(callback))
+    if progress:
+        found.append(ProgressBar())
+    found.append(LogIterations())
+    if run_dir is not None:
+        every, seconds = options["checkpoint_every"], options["checkpoint_seconds"]
+        found += [MetricsFile(run_dir), Checkpointer(run_dir, every, seconds)]
+    return found
+
+
+def _fit(job: _Job) -> NMFResult:
+    """Initialise (or restore the newest checkpoint) and iterate."""
+    matrix, runner, run_dir = job.matrix, job.runner, job.run_dir
+    settings, options = job.settings, job.options
+    (m, n), k, scheduler = matrix.shape, settings["n_components"], runner.scheduler
+    max_iter, tol = options["max_iter"], options["tol"]
+    w_store = None
+    distributed = is_distributed(scheduler)
+    if choose_storage(m, k, matrix.dtype, options["w_storage"], distributed) == "zarr":
+        w_buffers = _w_buffers(job.workdir, run_dir)
+        w_store = ZarrBlocks(w_buffers, matrix.row_offsets, k, matrix.dtype)
+        w_store.create()
+    if distributed:  # workers open the store and W's buffers by path: fail now, naming them
+        runner.check_visible(
+            [getattr(matrix, "path", None), w_store.path if w_store is not None else None]
+        )
+    reads = blockcache.cached(matrix, options["cache_a"], lambda: process_memory_bytes(scheduler))
+    solver = get_solver(settings["solver"])
+    H0 = np.zeros((k, n), matrix.dtype)
+    state = FitState(reads, job.plan, runner, solver, job.params.beta_loss, None, w_store, H0)
+    if settings["column_chunks"] > 1:
+        ranges = columns.ColumnRanges.split(n, settings["column_chunks"])
+        workdir = None if w_store is None else os.path.dirname(w_store.path)
+        state.two_passes = columns.TwoPasses(ranges, matrix.row_offsets, workdir)
+    try:
+        # one BLAS thread here too: on a cluster the driver's H update otherwise competes with
+        # the workers for cores (measured 0.01 s quiet, 0.06-0.23 s under load)
+        with threadpool_limits(limits=1), placement(runner.workers):
+            restored = run_dir.load(lambda ckpt: state.restore_w(ckpt)) if job.record else None
+            if restored is None:
+                _initialize(state, settings, *job.initial)
+            run(state, max_iter, tol, job.callbacks, options["stopping"])
+    finally:
+        if reads is not matrix:
+            runner.everywhere(blockcache.drop, matrix.path, matrix.key)
+    final = state.final_loss()
+    return NMFResult(
+        _collect_w(state), state.H, list(state.history), float(np.sqrt(2 * max(final, 0.0))),
+        state.iteration, state.converged, str(run_dir.path) if run_dir else None,
+        list(state.objective_history),
+    )  # fmt: skip
+
+
+def _w_buffers(workdir, run_dir: RunDir | None) -> str:
+    """Where W's Zarr buffers go: the run directory's fixed place (a resume refills them), else
+    a new directory, so that a lazy W returned by an earlier fit is never overwritten."""
+    if run_dir is not None and workdir is None:
+        return os.path.join(run_dir.path, WORK_W)
+    root = os.path.abspath(workdir) if workdir is not None else tempfile.gettempdir()
+    os.makedirs(root, exist_ok=True)
+    return os.path.join(tempfile.mkdtemp(prefix="bignmf-", dir=root), WORK_W)
+
+
+def _settings(matrix, n_components, **values) -> dict:
+    """What fixes the iterates: checked against the record when a run is resumed."""
+    k = int(n_components)
+    m, n = matrix.shape
+    if k < 1:
+        raise ValueError(f"n_components must be >= 1, got {n_components}")
+    if values["solver"] not in SOLVERS:
+        raise ValueError(f"unknown solver {values['solver']!r}; choose one of {sorted(SOLVERS)}")
+    init = values["init"] or ("nndsvda" if k <= min(m, n) else "random")
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {list(INITS)}")
+    if init.startswith("nndsvd") and k > min(m, n):
+        # scikit-learn's words (_initialize_nmf); the SVD has only min(m, n) vectors and k is
+        # never lowered behind the user's back
+        raise ValueError(
+            f"init = '{init}' can only be used when n_components <= min(n_samples, n_features)"
+            f" (n_components = {k}, n_samples = {m}, n_features = {n})"
+        )
+    alpha_H = values["alpha_H"]
+    if values["column_chunks"] > 1:
+        columns.check_solver(values["solver"], beta_loss_to_float(values["beta_loss"]))
+    return {
+        "n_components": k,
+        "solver": values["solver"],
+        "beta_loss": beta_loss_to_float(values["beta_loss"]),
+        "init": init,
+        "seed": values["seed"],
+        "alpha_W": float(values["alpha_W"]),
+        "alpha_H": alpha_H if isinstance(alpha_H, str) else float(alpha_H),
+        "l1_ratio": float(values["l1_ratio"]),
+        "n_inner": int(values["n_inner"] or 1),
+        "dtype": str(matrix.dtype),
+        "column_chunks": values["column_chunks"],
+    }
+
+
+def _check_options(options: dict, *, n_tasks: int, split_every: int) -> None:
+    """Refuse out-of-range run options before anything is written."""
+    checks = [
+        ("max_iter", options["max_iter"], options["max_iter"] >= 0, ">= 0"),
+        ("tol", options["tol"], np.isfinite(options["tol"]) and options["tol"] >= 0, ">= 0"),
+        ("n_tasks", n_tasks, n_tasks >= 1, ">= 1"),
+        ("split_every", split_every, split_every >= 2 and split_every & (split_every - 1) == 0,
+         "a power of two >= 2"),
+        ("checkpoint_every", options["checkpoint_every"],
+         options["checkpoint_every"] is None or options["checkpoint_every"] >= 1, ">= 1 or None"),
+        ("checkpoint_seconds", options["checkpoint_seconds"],
+         options["checkpoint_seconds"] is None or options["checkpoint_seconds"] > 0,
+         "> 0 or None"),
+    ]  # fmt: skip
+    for name, value, ok, expected in checks:
+        if not ok:
+            raise ParameterError(f"{name} must be {expected}, got {value!r}")
+
+
+def _column_chunks(requested, matrix, k, beta_loss, init, scheduler, n_tasks, resume) -> int:
+    """The user's ``column_chunks``, the resumed run's, or the fewest that fit a task."""
+    (m, n), k = matrix.shape, int(k)
+    if requested is not None:
+        columns.ColumnRanges.split(n, int(requested))  # validates the range
+        return int(requested)
+    if resume is not None:
+        return int(RunDir(resume).record()["settings"].get("column_chunks", 1))
+    if beta_loss_to_float(beta_loss) != 2.0:
+        return 1
+    blocks_per_task = -(-matrix.n_blocks // max(n_tasks, 1))
+    memory = task_memory_bytes(scheduler)
+    chunks = columns.choose_column_chunks(n, k, matrix.dtype.itemsize, blocks_per_task, memory)
+    if (init or ("nndsvda" if k <= min(m, n) else "random")).startswith("nndsvd"):
+        # the randomized SVD's sketches are n × (k + 10), in float64, and cut like H
+        sketch = columns.choose_column_chunks(n, k + 10, 8, blocks_per_task, memory)
+        chunks = max(chunks, sketch)
+    return chunks
+
+
+_MAY_CHANGE_ON_RESUME = ("seed", "init")  # only used before the first checkpoint, from the record
+
+
+def _run_dir(
+    matrix, settings: dict, options: dict, checkpoint_dir, resume
+) -> tuple[RunDir | None, dict | None]:
+    """Open (resume) or start (checkpoint_dir) a run directory; check a resumed run matches."""
+    if resume is None:
+        if checkpoint_dir is None:
+            return None, None
+        record = {"settings": settings, "options": options, "matrix": _matrix_record(matrix),
+                  "versions": versions()}  # fmt: skip
+        return RunDir(checkpoint_dir).create(record), None
+    run_dir = RunDir(resume)
+    record = run_dir.record()
+    theirs, ours = record["matrix"], _matrix_record(matrix)
+    if theirs["fingerprint"] != ours["fingerprint"]:
+        raise CheckpointError(
+            f"{run_dir.path} was run on another matrix: recorded {theirs['fingerprint']}, "
+            f"given {ours['fingerprint']}"
+        )
+    if theirs["row_offsets_crc32"] != ours["row_offsets_crc32"]:
+        raise CheckpointError(
+            f"{run_dir.path} was run with another row blocking of this matrix "
+            f"({theirs['n_blocks']} blocks, now {ours['n_blocks']}); pass the same block_nnz"
+        )
+    differ = {
+        key: (record["settings"].get(key), value)
+        for key, value in settings.items()
+        if key not in _MAY_CHANGE_ON_RESUME and record["settings"].get(key) != value
+    }
+    if differ:
+        listed = ", ".join(f"{key}: recorded {a!r}, given {b!r}" for key, (a, b) in differ.items())
+        raise CheckpointError(f"{run_dir.path} was run with other settings ({listed})")
+    return run_dir, record
+
+
+def _matrix_record(matrix) -> dict:
+    record = {"fingerprint": matrix.fingerprint(), "n_blocks": int(matrix.n_blocks),
+              "row_offsets_crc32": crc32(np.asarray(matrix.row_offsets, dtype="<i8"))}  # fmt: skip
+    if isinstance(matrix, CSRStore):
+        record.update(path=os.path.abspath(matrix.path), key=matrix.key)
+    return record
+
+
+def versions() -> dict:
+    """Versions of bignmf and the packages that compute its results."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from bignmf._version import __version__
+
+    names = ("numpy", "scipy", "dask", "distributed", "zarr", "numcodecs")
+    found = {"bignmf": __version__}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _initialize(state: FitState, settings: dict, W, H) -> None:
+    """Initial W blocks (persisted or written to buffer 0) and H."""
+    matrix, groups = state.matrix, state.plan.groups
+    spec = InitSpec(settings["n_components"], matrix.dtype, settings["seed"], matrix.row_offsets)
+    init = settings["init"]
+    if init == "custom":
+        w_groups, state.H = custom_init(matrix, groups, spec, W, H, state.w_store)
+    elif init == "random":
+        w_groups, state.H = random_init(matrix, groups, spec, state.w_store)
+    else:
+        w_groups, state.H = nndsvd_init(matrix, groups, spec, init, state.runner, state.w_store,
+                                        state.two_passes)  # fmt: skip
+    if state.w_store is None:
+        state.w_groups = list(state.runner.persist(*w_groups))
+    else:  # the tasks wrote W into its Zarr buffer 0
+        state.runner.compute(*w_groups)
+
+
+def _collect_w(state: FitState) -> Any:
+    """W as NumPy (kept in memory) or a lazy Dask array over its Zarr blocks."""
+    if state.w_store is not None:
+        return state.w_store.to_dask(state.iteration % 2)
+    return np.vstack(list(state.w_blocks()))
+
+
+def finished(run_dir: str | os.PathLike, **overrides: Any) -> tuple[int, bool] | None:
+    """``(iterations, converged)`` when resuming ``run_dir`` would run no iteration, else None.
+
+    Decided from the newest intact checkpoint's manifest, without reading W or starting a
+    scheduler, by the run's ``max_iter``, ``tol`` and ``stopping`` or those in ``overrides``.
+    None too when the run has no checkpoint yet or was run on an in-memory matrix.
+    """
+    run = RunDir(run_dir)
+    record = run.record()
+    options = {**record["options"], **{k: v for k, v in overrides.items() if v is not None}}
+    checkpoint = run.newest()
+    if checkpoint is None or "path" not in record["matrix"]:
+        return None
+    if checkpoint.iteration >= options["max_iter"]:
+        return checkpoint.iteration, False
+    objective = checkpoint.objective_history or checkpoint.loss_history
+    matrix = open_matrix(record["matrix"]["path"], record["matrix"].get("key"))
+    noise = rounding(objective, record["settings"]["beta_loss"], matrix, matrix.dtype)
+    rule = get_stopping(options.get("stopping", "relative"))
+    return (checkpoint.iteration, True) if rule(objective, options["tol"], noise) else None
+
+
+def resume(run_dir: str | os.PathLike, *, A: Any = None, **overrides: Any) -> NMFResult:
+    """Continue a checkpointed run with the settings it was started with.
+
+    Parameters
+    ----------
+    run_dir : path
+        A run directory made by ``nmf(..., checkpoint_dir=...)`` or ``bignmf fit``.
+    A : optional
+        The matrix; by default the store recorded in the run (in-memory inputs must be given).
+    **overrides
+        ``max_iter``, ``tol``, ``stopping``, ``scheduler``, ``n_tasks``, ``progress``,
+        ``callback``, ``callbacks``, ``workdir``, ``checkpoint_every``, ``checkpoint_seconds``,
+        ``split_every``, ``cache_a``. A run recorded before ``stopping`` existed resumes with
+        'relative', the rule it ran with.
+
+    Returns
+    -------
+    NMFResult
+        Bitwise equal to what the uninterrupted run gives.
+    """
+    record = RunDir(run_dir).record()
+    allowed = {"max_iter", "tol", "stopping", "scheduler", "n_tasks", "progress", "callback",
+               "callbacks", "workdir", "checkpoint_every", "checkpoint_seconds", "split_every",
+               "cache_a"}  # fmt: skip
+    unknown = set(overrides) - allowed
+    if unknown:
+        raise TypeError(
+            f"resume() cannot change {sorted(unknown)}; it may change {sorted(allowed)}"
+        )
+    if A is None:
+        matrix = record["matrix"]
+        if "path" not in matrix:
+            raise CheckpointError(f"{run_dir} was run on an in-memory matrix: pass it as A=")
+        A = open_matrix(matrix["path"], matrix.get("key"), block_nnz=record["options"]["block_nnz"])
+    settings, options = record["settings"], record["options"]
+    fixed = ("solver", "beta_loss", "init", "alpha_W", "alpha_H", "l1_ratio", "n_inner")
+    kwargs = {name: settings[name] for name in fixed}
+    kwargs["column_chunks"] = settings.get("column_chunks", 1)
+    kwargs.update({name: options[name] for name in options if name != "block_nnz"})
+    kwargs.update(overrides, block_nnz=options["block_nnz"])
+    return nmf(A, settings["n_components"], resume=run_dir, **kwargs)
+
+
+__all__ = ["NMFResult", "Runner", "nmf", "resume", "versions"]
