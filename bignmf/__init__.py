@@ -4,7 +4,11 @@ from bignmf._version import __version__
 from bignmf.cluster.config import connect
 from bignmf.errors import (
     BigNMFError,
+    CheckpointError,
+    CheckpointWarning,
+    ClusterConfigError,
     InputError,
+    MissingLauncherError,
     ObjectiveIncreaseWarning,
     ParameterError,
     StoreExistsError,
@@ -24,6 +28,10 @@ def __getattr__(name: str):
         from bignmf.estimator import NMF
 
         return NMF
+    if name == "ConvergenceWarning":  # scikit-learn's when installed
+        from bignmf.errors import ConvergenceWarning
+
+        return ConvergenceWarning
     raise AttributeError(f"module 'bignmf' has no attribute {name!r}")
 
 
@@ -31,8 +39,13 @@ __all__ = [
     "NMF",
     "BigNMFError",
     "CSRStore",
+    "CheckpointError",
+    "CheckpointWarning",
+    "ClusterConfigError",
+    "ConvergenceWarning",
     "InputError",
     "IterationInfo",
+    "MissingLauncherError",
     "NMFResult",
     "ObjectiveIncreaseWarning",
     "ParameterError",

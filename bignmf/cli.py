@@ -17,13 +17,11 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from bignmf import registry
 from bignmf._memory import fix_mmap_threshold
 from bignmf._version import __version__
 from bignmf.errors import BigNMFError, ParameterError, StoreExistsError
-from bignmf.fit.driver import STOPPING
-from bignmf.fit.init import INITS
 from bignmf.io.vocabulary import find_vocabulary, vocabulary_path
-from bignmf.kernels.solvers import BETA_NAMES, SOLVERS
 from bignmf.store.csr import CODECS, DEFAULT_CHUNK_SIZE, DEFAULT_CODEC
 
 
@@ -60,8 +58,10 @@ def _scheduler(args: argparse.Namespace):
     if args.cluster is None:
         return scheduler_for(args.scheduler, n_workers=args.workers)
     if args.workers is not None:
-        raise BigNMFError("--workers sizes the embedded LocalCluster; with --cluster, set the "
-                          "workers in the cluster file")  # fmt: skip
+        raise BigNMFError(
+            "--workers sizes the embedded LocalCluster; with --cluster, set the "
+            "workers in the cluster file"
+        )
     return connect(args.cluster)
 
 
@@ -81,9 +81,17 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from bignmf.io.convert import convert
 
     with _progress_bar(None, not args.no_progress, "convert") as bar:
-        store = convert(args.src, args.dst, format=args.format, key=args.key,
-                        slab_nnz=args.slab_nnz, memory_nnz=args.memory_nnz, tmpdir=args.tmpdir,
-                        progress=bar.update, **_store_options(args))  # fmt: skip
+        store = convert(
+            args.src,
+            args.dst,
+            format=args.format,
+            key=args.key,
+            slab_nnz=args.slab_nnz,
+            memory_nnz=args.memory_nnz,
+            tmpdir=args.tmpdir,
+            progress=bar.update,
+            **_store_options(args),
+        )
     _print_info(store.info())
     return 0
 
@@ -113,8 +121,13 @@ def _source(path: str, key: str | None, block_nnz: int | None) -> dict:
     """What identifies an input to convert: a retried fit reuses its conversion only if
     this is unchanged."""
     stat = _existing(path).stat()
-    return {"input": str(Path(path).absolute()), "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns, "key": key, "block_nnz": block_nnz}  # fmt: skip
+    return {
+        "input": str(Path(path).absolute()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "key": key,
+        "block_nnz": block_nnz,
+    }
 
 
 def _existing(path: str) -> Path:
@@ -151,9 +164,11 @@ def _show_top_features(H, store: str | None, given: str | None, n: int) -> None:
     how to give names)."""
     vocabulary = find_vocabulary(store, H.shape[1], given)
     if vocabulary is None:
-        print(f"no vocabulary found for {store or 'this run'}: printing column numbers; give "
-              f"one name per line with --vocab FILE, or as {vocabulary_path(store or 'A.zarr')}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"no vocabulary found for {store or 'this run'}: printing column numbers; give "
+            f"one name per line with --vocab FILE, or as {vocabulary_path(store or 'A.zarr')}",
+            file=sys.stderr,
+        )
     _print_top_features(H, vocabulary, n)
 
 
@@ -161,48 +176,47 @@ def _print_top_features(H, vocabulary: list[str] | None, n: int) -> None:
     from bignmf.fit.outputs import top_features
 
     for c, features in enumerate(top_features(H, n)):
-        names = [vocabulary[j] if vocabulary and j < len(vocabulary) else str(j)
-                 for j, _ in features]  # fmt: skip
+        names = [
+            vocabulary[j] if vocabulary and j < len(vocabulary) else str(j) for j, _ in features
+        ]
         print(f"component {c:>3}: {' '.join(names)}")
 
 
 def _finish(run_dir: Path, result, seconds: float, n_top: int) -> None:
     """Write W, H, summary and loss curve; print what a person wants to see."""
-    from bignmf.fit.outputs import plot_loss, write_factors, write_summary
-    from bignmf.fit.rundir import RunDir, crash_point
+    from bignmf.fit.outputs import finish_run
 
-    record = RunDir(run_dir).record()
-    w_path, h_path = write_factors(result.W, result.H, run_dir)
-    crash_point("finish-factors", result.n_iter)
-    try:
-        png = plot_loss(run_dir)
-    except ImportError as error:
-        png = None
-        print(f"loss curve skipped: matplotlib cannot be imported ({error}); pip install "
-              "matplotlib, or the 'plots' extra", file=sys.stderr)  # fmt: skip
-    norm = None
-    rel = None
-    if result.loss_history and record["settings"]["beta_loss"] == 2:
-        from bignmf.store.csr import open_matrix
-
-        path = record["matrix"].get("path")
-        norm = open_matrix(path, record["matrix"].get("key")).frobenius_sq if path else None
-        rel = result.reconstruction_err / norm**0.5 if norm else None
-    summary = {"n_components": record["settings"]["n_components"], "n_iter": result.n_iter,
-               "converged": result.converged, "reconstruction_err": result.reconstruction_err,
-               "relative_error": rel, "seconds": seconds, "W": str(w_path), "H": str(h_path),
-               "loss_plot": str(png) if png else None, "settings": record["settings"],
-               "matrix": record["matrix"]}  # fmt: skip
-    write_summary(run_dir, summary)
+    out = finish_run(run_dir, result, seconds)
+    if out.plot_skipped:
+        print(
+            f"loss curve skipped: {out.plot_skipped}; pip install matplotlib, or the 'plots' extra",
+            file=sys.stderr,
+        )
     state = "converged" if result.converged else "stopped at max_iter"
-    print(f"{result.n_iter} iterations ({state}) in {seconds:.1f}s; "
-          f"reconstruction error {result.reconstruction_err:.6g}"
-          + (f" (relative {rel:.4f})" if rel is not None else ""))  # fmt: skip
-    print(f"W: {w_path}  H: {h_path}  metrics: {run_dir / 'metrics.jsonl'}")
-    print(f"summary: {run_dir / 'summary.json'}" + (f"  loss curve: {png}" if png else ""))
+    rel = out.relative_error
+    print(
+        f"{result.n_iter} iterations ({state}) in {seconds:.1f}s; "
+        f"reconstruction error {result.reconstruction_err:.6g}"
+        + (f" (relative {rel:.4f})" if rel is not None else "")
+    )
+    print(f"W: {out.W}  H: {out.H}  metrics: {out.metrics}")
+    print(f"summary: {out.summary}" + (f"  loss curve: {out.loss_plot}" if out.loss_plot else ""))
     if n_top:
         print("top features:")
-        _show_top_features(result.H, record["matrix"].get("path"), None, n_top)
+        _show_top_features(result.H, _store_path(run_dir), None, n_top)
+
+
+def _record(run_dir):
+    """The run's :class:`~bignmf.fit.settings.RunRecord`."""
+    from bignmf.fit.rundir import RunDir
+    from bignmf.fit.settings import RunRecord
+
+    return RunRecord.from_json(RunDir(run_dir).record())
+
+
+def _store_path(run_dir) -> str | None:
+    store = _record(run_dir).store
+    return store[0] if store else None
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
@@ -234,72 +248,81 @@ def _fit_in(where, store, run_dir: Path, args: argparse.Namespace):
 
     with where as scheduler:
         return nmf(
-            store, args.components, solver=args.solver, beta_loss=args.beta_loss,
-            init=args.init, tol=args.tol, stopping=args.stopping, max_iter=args.max_iter,
+            store,
+            args.components,
+            solver=args.solver,
+            beta_loss=args.beta_loss,
+            init=args.init,
+            tol=args.tol,
+            stopping=args.stopping,
+            max_iter=args.max_iter,
             random_state=args.seed,
-            alpha_W=args.alpha_W, alpha_H=args.alpha_H, l1_ratio=args.l1_ratio,
-            n_inner=args.n_inner, w_storage=args.w_storage, block_nnz=args.block_nnz,
-            column_chunks=args.column_chunks, n_tasks=args.n_tasks, cache_a=args.cache_a,
-            scheduler=scheduler, progress=not args.no_progress, checkpoint_dir=run_dir,
-            checkpoint_every=args.checkpoint_every, checkpoint_seconds=args.checkpoint_seconds,
-        )  # fmt: skip
+            alpha_W=args.alpha_W,
+            alpha_H=args.alpha_H,
+            l1_ratio=args.l1_ratio,
+            n_inner=args.n_inner,
+            w_storage=args.w_storage,
+            block_nnz=args.block_nnz,
+            column_chunks=args.column_chunks,
+            n_tasks=args.n_tasks,
+            cache_a=args.cache_a,
+            scheduler=scheduler,
+            progress=not args.no_progress,
+            checkpoint_dir=run_dir,
+            checkpoint_every=args.checkpoint_every,
+            checkpoint_seconds=args.checkpoint_seconds,
+        )
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
     import time
 
     from bignmf.fit.engine import finished, resume
+    from bignmf.fit.outputs import read_summary
     from bignmf.fit.rundir import RunDir
+    from bignmf.fit.settings import RunOptions
 
-    names = ("max_iter", "tol", "stopping", "n_tasks", "cache_a", "checkpoint_every",
-             "checkpoint_seconds")  # fmt: skip
+    # the options `resume` takes as flags (the scheduler is --scheduler/--cluster's)
+    names = [n for n in RunOptions.may_change() if n != "scheduler" and hasattr(args, n)]
     overrides = {name: getattr(args, name) for name in names}
     overrides = {name: value for name, value in overrides.items() if value is not None}
     run = RunDir(args.run_dir)
-    options = {**run.record()["options"], **overrides}
+    options = RunOptions.from_record(_record(run.path).options.to_record(), **overrides)
     done = finished(run.path, **overrides)
-    if done is not None and _summary_of(run.path, done[0]) is not None:
+    summary = read_summary(run.path) if done is not None else None
+    if done is not None and summary is not None and summary.get("n_iter") == done[0]:
         # nothing to run and the outputs are written: no scheduler started, no file changed
         print(_already_finished(run.path, *done, options), file=sys.stderr)
         return 0
     start = time.perf_counter()
     with _scheduler(args) as scheduler:
-        result = resume(run.path, scheduler=scheduler, progress=not args.no_progress,
-                        **overrides)  # fmt: skip
+        result = resume(run.path, scheduler=scheduler, progress=not args.no_progress, **overrides)
     _finish(run.path, result, time.perf_counter() - start, args.top)
     return 0
 
 
-def _summary_of(run_dir: Path, n_iter: int) -> dict | None:
-    """The run's summary, when it was written for ``n_iter`` iterations."""
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return summary if summary.get("n_iter") == n_iter else None
-
-
-def _already_finished(run_dir: Path, n_iter: int, converged: bool, options: dict) -> str:
+def _already_finished(run_dir: Path, n_iter: int, converged: bool, options) -> str:
     """Why a resume runs nothing, and how to go on."""
     if converged:
-        return (f"{run_dir}: converged at iteration {n_iter} (--tol {options['tol']:g}); "
-                "nothing changed. To go on, pass --tol 0 (or a smaller --tol) and a higher "
-                "--max-iter")  # fmt: skip
-    return (f"{run_dir}: finished: {n_iter} iterations, none left under --max-iter "
-            f"{options['max_iter']}; nothing changed. Pass a higher --max-iter to go "
-            "further")  # fmt: skip
+        return (
+            f"{run_dir}: converged at iteration {n_iter} (--tol {options.tol:g}); "
+            "nothing changed. To go on, pass --tol 0 (or a smaller --tol) and a higher "
+            "--max-iter"
+        )
+    return (
+        f"{run_dir}: finished: {n_iter} iterations, none left under --max-iter "
+        f"{options.max_iter}; nothing changed. Pass a higher --max-iter to go "
+        "further"
+    )
 
 
 def _cmd_transform(args: argparse.Namespace) -> int:
-    import zarr
-
     from bignmf.cluster.config import scheduler_for
     from bignmf.fit.outputs import write_rows
-    from bignmf.fit.rundir import RunDir
     from bignmf.fit.transform import transform
 
-    settings = RunDir(args.run_dir).record()["settings"]
-    H = zarr.open_array(Path(args.run_dir) / "H.zarr", mode="r")[...]
+    settings = _record(args.run_dir).settings
+    H = _finished_h(args.run_dir)
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise StoreExistsError(out)
@@ -311,31 +334,48 @@ def _cmd_transform(args: argparse.Namespace) -> int:
             raise BigNMFError(
                 f"{args.input} has {store.shape[1]} columns; the run's H has {H.shape[1]}"
             )
-        solver = "bpp" if settings["beta_loss"] == 2 else "mu"
+        solver = "bpp" if settings.beta_loss == 2 else "mu"
         with scheduler_for(args.scheduler, n_workers=args.workers) as scheduler:
-            W = transform(store, H, solver=solver, beta_loss=settings["beta_loss"],
-                          alpha_W=settings["alpha_W"], l1_ratio=settings["l1_ratio"],
-                          max_iter=args.max_iter, scheduler=scheduler, workdir=tmp)  # fmt: skip
+            W = transform(
+                store,
+                H,
+                solver=solver,
+                beta_loss=settings.beta_loss,
+                alpha_W=settings.alpha_W,
+                l1_ratio=settings.l1_ratio,
+                max_iter=args.max_iter,
+                scheduler=scheduler,
+                workdir=tmp,
+            )
             write_rows(W, out)
     print(f"W of {store.shape[0]:,} rows x {H.shape[0]} components: {out}")
     return 0
 
 
-def _cmd_top_features(args: argparse.Namespace) -> int:
-    import zarr
+def _finished_h(run_dir):
+    """The H a finished run wrote."""
+    from bignmf.fit.outputs import read_factor
 
+    H = read_factor(run_dir, "H")
+    if H is None:
+        raise BigNMFError(
+            f"{run_dir} has no H.zarr: the run has not finished (`bignmf resume {run_dir}` "
+            "finishes it)"
+        )
+    return H
+
+
+def _cmd_top_features(args: argparse.Namespace) -> int:
+    from bignmf.fit.outputs import read_factor
     from bignmf.fit.rundir import RunDir
 
     run = RunDir(args.run_dir)
-    record = run.record()
-    h_path = Path(args.run_dir) / "H.zarr"
-    if h_path.exists():
-        H = zarr.open_array(h_path, mode="r")[...]
-    elif run.committed():  # a run started from Python: H of its newest checkpoint
+    H = read_factor(run.path, "H")
+    if H is None and run.committed():  # a run started from Python: H of its newest checkpoint
         H = run.read(run.committed()[0]).H
-    else:
+    elif H is None:
         raise BigNMFError(f"{args.run_dir} has neither H.zarr nor a checkpoint yet")
-    _show_top_features(H, record["matrix"].get("path"), args.vocab, args.n)
+    _show_top_features(H, _store_path(run.path), args.vocab, args.n)
     return 0
 
 
@@ -355,17 +395,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     else:
         print("building a corpus from the docstrings of the installed Python packages...")
         with _progress_bar(None, not args.no_progress, "documents") as bar:
-            store, _ = docstring_corpus(corpus, max_documents=args.max_documents,
-                                        progress=bar.update)  # fmt: skip
+            store, _ = docstring_corpus(
+                corpus, max_documents=args.max_documents, progress=bar.update
+            )
     m, n = store.shape
     print(f"corpus: {m:,} documents x {n:,} terms, {store.nnz:,} nonzeros ({corpus})")
     run_dir = next(out / f"run-{i}" for i in range(1, 10**6) if not (out / f"run-{i}").exists())
     print(f"fitting {args.components} topics into {run_dir} ...")
     start = time.perf_counter()
     with scheduler_for(args.scheduler) as scheduler:
-        result = nmf(store, args.components, random_state=0, max_iter=args.max_iter,
-                     scheduler=scheduler, progress=not args.no_progress,
-                     checkpoint_dir=run_dir)  # fmt: skip
+        result = nmf(
+            store,
+            args.components,
+            random_state=0,
+            max_iter=args.max_iter,
+            scheduler=scheduler,
+            progress=not args.no_progress,
+            checkpoint_dir=run_dir,
+        )
     _finish(run_dir, result, time.perf_counter() - start, 8)
     return 0
 
@@ -376,8 +423,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     path = _existing(args.path)
     if path.is_file():
         store = path.with_name(path.name.split(".")[0] + ".zarr")
-        raise BigNMFError(f"{path} is a file, not a store: convert it first "
-                          f"(bignmf convert {path} {store})")  # fmt: skip
+        raise BigNMFError(
+            f"{path} is a file, not a store: convert it first (bignmf convert {path} {store})"
+        )
     info = open_matrix(path, key=args.key).info()
     if args.json:
         print(json.dumps(info, indent=2))
@@ -420,9 +468,9 @@ them. A fresh environment with only bignmf and its dependencies gives about 9,90
 about 12,500 x 8,100; more packages give more documents, up to --max-documents.
 """
 
-STOPPING_HELP = ("rule for --tol, on the objective (loss + penalties): relative = stop when one "
-                 "iteration lowers it by less than TOL times its value; sklearn = "
-                 "scikit-learn's MU rule, checked every 10 iterations")  # fmt: skip
+STOPPING_HELP = "rule for --tol, on the objective (loss + penalties): " + registry.help_text(
+    "stopping"
+)
 
 EXAMPLES = """examples:
   bignmf demo                                      topics of the installed packages' docstrings
@@ -485,45 +533,79 @@ def _alpha_h(text: str):
 
 def _add_store_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
-    p.add_argument("--dtype", choices=["float32", "float64"],
-                   help="dtype of stored values (default: float32/float64 as given, integers "
-                        "become float32)")  # fmt: skip
-    p.add_argument("--chunk-size", type=POSITIVE, default=DEFAULT_CHUNK_SIZE,
-                   help="elements per chunk")  # fmt: skip
-    p.add_argument("--block-nnz", type=POSITIVE,
-                   help="target nonzeros per row block (default: 4 chunks)")  # fmt: skip
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        help="dtype of stored values (default: float32/float64 as given, integers become float32)",
+    )
+    p.add_argument(
+        "--chunk-size", type=POSITIVE, default=DEFAULT_CHUNK_SIZE, help="elements per chunk"
+    )
+    p.add_argument(
+        "--block-nnz", type=POSITIVE, help="target nonzeros per row block (default: 4 chunks)"
+    )
     p.add_argument("--block-rows", type=POSITIVE, help="fixed rows per row block instead")
-    p.add_argument("--codec", choices=sorted(CODECS), default=DEFAULT_CODEC,
-                   help="compression of the stored arrays")  # fmt: skip
+    p.add_argument(
+        "--codec",
+        choices=sorted(CODECS),
+        default=DEFAULT_CODEC,
+        help="compression of the stored arrays",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_run_options(p: argparse.ArgumentParser, resuming: bool = False) -> None:
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--scheduler", default="local",
-                       help="local (an embedded LocalCluster, one worker process per core), "
-                            "threads, sync, or an address like tcp://host:8786")  # fmt: skip
-    where.add_argument("--cluster", metavar="FILE",
-                       help="a cluster YAML file (kind local, address, slurm, pbs, kubernetes "
-                            "or ssh; see cluster_configs/)")  # fmt: skip
-    p.add_argument("--workers", type=POSITIVE,
-                   help="workers of the embedded LocalCluster (default: one per core)")  # fmt: skip
-    p.add_argument("--n-tasks", type=POSITIVE,
-                   help="tasks per pass (default: 4 per thread; more: smaller tasks, less "
-                        "memory each)")  # fmt: skip
-    p.add_argument("--cache-a", metavar="SIZE", type=_cache_size,
-                   help="keep A's decoded row blocks in each worker's memory between "
-                        "iterations, up to SIZE per worker (e.g. 4GiB, or auto: a quarter of "
-                        "its memory limit; 0: off); saves decoding A every pass (default: off, "
-                        "or on resume the run's setting)")  # fmt: skip
+    where.add_argument(
+        "--scheduler",
+        default="local",
+        help="local (an embedded LocalCluster, one worker process per core), "
+        "threads, sync, or an address like tcp://host:8786",
+    )
+    where.add_argument(
+        "--cluster",
+        metavar="FILE",
+        help="a cluster YAML file (kind local, address, slurm, pbs, kubernetes "
+        "or ssh; see cluster_configs/)",
+    )
+    p.add_argument(
+        "--workers",
+        type=POSITIVE,
+        help="workers of the embedded LocalCluster (default: one per core)",
+    )
+    p.add_argument(
+        "--n-tasks",
+        type=POSITIVE,
+        help="tasks per pass (default: 4 per thread; more: smaller tasks, less memory each)",
+    )
+    p.add_argument(
+        "--cache-a",
+        metavar="SIZE",
+        type=_cache_size,
+        help="keep A's decoded row blocks in each worker's memory between "
+        "iterations, up to SIZE per worker (e.g. 4GiB, or auto: a quarter of "
+        "its memory limit; 0: off); saves decoding A every pass (default: off, "
+        "or on resume the run's setting)",
+    )
     run_s = " (default: the run's)" if resuming else ""
-    p.add_argument("--checkpoint-every", type=POSITIVE, default=None if resuming else 10,
-                   help=f"iterations between checkpoints{run_s}")  # fmt: skip
-    p.add_argument("--checkpoint-seconds", type=SECONDS, default=None if resuming else 600.0,
-                   help=f"seconds between checkpoints{run_s}")  # fmt: skip
-    p.add_argument("--top", type=COUNT, default=10,
-                   help="top features printed, named when a vocabulary is found (0: "
-                        "none)")  # fmt: skip
+    p.add_argument(
+        "--checkpoint-every",
+        type=POSITIVE,
+        default=None if resuming else 10,
+        help=f"iterations between checkpoints{run_s}",
+    )
+    p.add_argument(
+        "--checkpoint-seconds",
+        type=SECONDS,
+        default=None if resuming else 600.0,
+        help=f"seconds between checkpoints{run_s}",
+    )
+    p.add_argument(
+        "--top",
+        type=COUNT,
+        default=10,
+        help="top features printed, named when a vocabulary is found (0: none)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -544,18 +626,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str, **options) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, parents=[common],
-                              formatter_class=_Formatter, **options)  # fmt: skip
+        return sub.add_parser(
+            name,
+            help=help,
+            description=help,
+            parents=[common],
+            formatter_class=_Formatter,
+            **options,
+        )
 
     p = command("convert", "convert a matrix file into a bignmf store")
     p.add_argument("src", help=".npz, .mtx[.gz], .h5ad, AnnData .zarr or dense Zarr array")
     p.add_argument("dst", help="directory of the new store")
     p.add_argument("--format", help="source format when the suffix does not tell")
     p.add_argument("--key", help="matrix inside an AnnData file (default: X)")
-    p.add_argument("--slab-nnz", type=POSITIVE,
-                   help="nonzeros read from the source at a time (default: 1M)")  # fmt: skip
-    p.add_argument("--memory-nnz", type=POSITIVE,
-                   help="entries the external sort holds in memory (default: 4M)")  # fmt: skip
+    p.add_argument(
+        "--slab-nnz", type=POSITIVE, help="nonzeros read from the source at a time (default: 1M)"
+    )
+    p.add_argument(
+        "--memory-nnz",
+        type=POSITIVE,
+        help="entries the external sort holds in memory (default: 4M)",
+    )
     p.add_argument("--tmpdir", help="external sort's temporary files (default: beside DST)")
     _add_store_options(p)
     p.set_defaults(func=_cmd_convert)
@@ -566,12 +658,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_info)
 
-    p = command("demo", "topics of the docstrings of the installed packages",
-                epilog=DEMO_CORPUS)  # fmt: skip
+    p = command("demo", "topics of the docstrings of the installed packages", epilog=DEMO_CORPUS)
     p.add_argument("--out", default="bignmf-demo", help="directory of the corpus and runs")
     p.add_argument("-k", "--components", type=POSITIVE, default=20, help="topics")
-    p.add_argument("--max-documents", type=POSITIVE, default=20000,
-                   help="at most this many documents")  # fmt: skip
+    p.add_argument(
+        "--max-documents", type=POSITIVE, default=20000, help="at most this many documents"
+    )
     p.add_argument("--max-iter", type=POSITIVE, default=200, help="iterations at most")
     p.add_argument("--scheduler", default="local", help="local, threads, sync or an address")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -580,49 +672,91 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("fit", "factorize a matrix into a run directory (checkpointed)")
     p.add_argument("input", help="a store, AnnData .zarr, or any file `bignmf convert` reads")
     p.add_argument("-k", "--components", type=POSITIVE, required=True, help="rank k (required)")
-    p.add_argument("--out", required=True,
-                   help="run directory: new, empty, or left by a stopped attempt of a fit "
-                        "(required)")  # fmt: skip
-    p.add_argument("--solver", default="hals", choices=sorted(SOLVERS), help="the solver")
-    p.add_argument("--beta-loss", default="frobenius", choices=sorted(BETA_NAMES),
-                   help="the divergence (other than frobenius: --solver mu)")  # fmt: skip
-    p.add_argument("--init", choices=[name for name in INITS if name != "custom"],
-                   help="initialisation (default: nndsvda, or random when k > min(m, n), as "
-                        "scikit-learn)")  # fmt: skip
-    p.add_argument("--tol", type=NON_NEGATIVE, default=1e-4,
-                   help="tolerance of the stopping rule (0: run --max-iter "
-                        "iterations)")  # fmt: skip
+    p.add_argument(
+        "--out",
+        required=True,
+        help="run directory: new, empty, or left by a stopped attempt of a fit (required)",
+    )
+    p.add_argument(
+        "--solver",
+        default="hals",
+        choices=registry.names("solver"),
+        help="the solver: " + registry.help_text("solver"),
+    )
+    p.add_argument(
+        "--beta-loss",
+        default="frobenius",
+        choices=registry.names("beta_loss"),
+        help="the divergence (other than frobenius: --solver mu)",
+    )
+    p.add_argument(
+        "--init",
+        choices=[n for n in registry.names("init") if n != "custom"],
+        help="initialisation (default: nndsvda, or random when k > min(m, n), as "
+        "scikit-learn): " + registry.help_text("init", exclude=("custom",)),
+    )
+    p.add_argument(
+        "--tol",
+        type=NON_NEGATIVE,
+        default=1e-4,
+        help="tolerance of the stopping rule (0: run --max-iter iterations)",
+    )
     p.add_argument("--max-iter", type=POSITIVE, default=200, help="iterations at most")
-    p.add_argument("--stopping", choices=sorted(STOPPING), default="relative", help=STOPPING_HELP)
-    p.add_argument("--seed", type=COUNT,
-                   help="random seed (default: drawn, and recorded in the run)")  # fmt: skip
-    p.add_argument("--alpha-W", type=NON_NEGATIVE, default=0.0,
-                   help="regularisation of W (scikit-learn's alpha_W)")  # fmt: skip
-    p.add_argument("--alpha-H", default="same", type=_alpha_h,
-                   help="regularisation of H, or 'same' as --alpha-W")  # fmt: skip
-    p.add_argument("--l1-ratio", type=RATIO, default=0.0,
-                   help="L1 share of the regularisation, in [0, 1]")  # fmt: skip
+    p.add_argument(
+        "--stopping", choices=registry.names("stopping"), default="relative", help=STOPPING_HELP
+    )
+    p.add_argument(
+        "--seed", type=COUNT, help="random seed (default: drawn, and recorded in the run)"
+    )
+    p.add_argument(
+        "--alpha-W",
+        type=NON_NEGATIVE,
+        default=0.0,
+        help="regularisation of W (scikit-learn's alpha_W)",
+    )
+    p.add_argument(
+        "--alpha-H",
+        default="same",
+        type=_alpha_h,
+        help="regularisation of H, or 'same' as --alpha-W",
+    )
+    p.add_argument(
+        "--l1-ratio", type=RATIO, default=0.0, help="L1 share of the regularisation, in [0, 1]"
+    )
     p.add_argument("--n-inner", type=POSITIVE, help="HALS sweeps per pass over A (default: 1)")
     p.add_argument("--key", help="matrix inside an AnnData store (default: X)")
-    p.add_argument("--block-nnz", type=POSITIVE,
-                   help="re-plan the row blocks of a foreign store (default: the store's "
-                        "plan)")  # fmt: skip
-    p.add_argument("--w-storage", default="auto", choices=["auto", "memory", "zarr"],
-                   help="where W lives between iterations (auto: memory when it fits, Zarr on "
-                        "a cluster)")  # fmt: skip
-    p.add_argument("--column-chunks", type=POSITIVE, metavar="R",
-                   help="cut H into R column ranges, two passes per iteration (very wide "
-                        "matrices; default: only when H would not fit a task)")  # fmt: skip
+    p.add_argument(
+        "--block-nnz",
+        type=POSITIVE,
+        help="re-plan the row blocks of a foreign store (default: the store's plan)",
+    )
+    p.add_argument(
+        "--w-storage",
+        default="auto",
+        choices=registry.names("w_storage"),
+        help="where W lives between iterations (auto: memory when it fits, Zarr on a cluster)",
+    )
+    p.add_argument(
+        "--column-chunks",
+        type=POSITIVE,
+        metavar="R",
+        help="cut H into R column ranges, two passes per iteration (very wide "
+        "matrices; default: only when H would not fit a task)",
+    )
     _add_run_options(p)
     p.set_defaults(func=_cmd_fit)
 
     p = command("resume", "continue a run from its newest intact checkpoint")
     p.add_argument("run_dir", help="the run directory")
-    p.add_argument("--max-iter", type=POSITIVE,
-                   help="raise the iteration limit (default: the run's)")  # fmt: skip
+    p.add_argument(
+        "--max-iter", type=POSITIVE, help="raise the iteration limit (default: the run's)"
+    )
     p.add_argument("--tol", type=NON_NEGATIVE, help="another tolerance (default: the run's)")
-    p.add_argument("--stopping", choices=sorted(STOPPING),
-                   help=f"{STOPPING_HELP} (default: the run's)")  # fmt: skip
+    p.add_argument(
+        "--stopping",
+        choices=registry.names("stopping"),
+        help=f"{STOPPING_HELP} (default: the run's)",
+    )
     _add_run_options(p, resuming=True)
     p.set_defaults(func=_cmd_resume)
 
@@ -631,19 +765,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="a store, AnnData .zarr, or any file `bignmf convert` reads")
     p.add_argument("--out", required=True, help="Zarr array written with W (rows x k)")
     p.add_argument("--key", help="matrix inside an AnnData store (default: X)")
-    p.add_argument("--max-iter", type=POSITIVE, default=200,
-                   help="MU iterations (non-Frobenius)")  # fmt: skip
+    p.add_argument("--max-iter", type=POSITIVE, default=200, help="MU iterations (non-Frobenius)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--scheduler", default="threads", help="threads, sync, local or an address")
-    p.add_argument("--workers", type=POSITIVE,
-                   help="workers of an embedded LocalCluster (default: one per core)")  # fmt: skip
+    p.add_argument(
+        "--workers",
+        type=POSITIVE,
+        help="workers of an embedded LocalCluster (default: one per core)",
+    )
     p.set_defaults(func=_cmd_transform)
 
     p = command("top-features", "print each component's top features")
     p.add_argument("run_dir", help="the run directory")
-    p.add_argument("--vocab",
-                   help="one feature name per line (default: <store>.vocab.txt, or an AnnData "
-                        "store's var_names)")  # fmt: skip
+    p.add_argument(
+        "--vocab",
+        help="one feature name per line (default: <store>.vocab.txt, or an AnnData "
+        "store's var_names)",
+    )
     p.add_argument("-n", type=POSITIVE, default=10, help="features per component")
     p.set_defaults(func=_cmd_top_features)
 
@@ -652,14 +790,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=POSITIVE, default=100_000, help="rows")
     p.add_argument("--cols", type=POSITIVE, default=20_000, help="columns")
     p.add_argument("-k", "--components", type=POSITIVE, default=20, help="planted rank")
-    p.add_argument("--nnz-per-row", type=_number(float, 0, above=True), default=50,
-                   help="mean nonzeros per row")  # fmt: skip
+    p.add_argument(
+        "--nnz-per-row",
+        type=_number(float, 0, above=True),
+        default=50,
+        help="mean nonzeros per row",
+    )
     p.add_argument("--seed", type=COUNT, default=0, help="random seed")
     _add_store_options(p)
     p.set_defaults(func=_cmd_generate)
     for p in sub.choices.values():  # what _user_error names Python keywords by
-        p.set_defaults(flags={a.dest: a.option_strings[-1] for a in p._actions
-                              if a.option_strings and a.dest != "help"})  # fmt: skip
+        p.set_defaults(
+            flags={
+                a.dest: a.option_strings[-1]
+                for a in p._actions
+                if a.option_strings and a.dest != "help"
+            }
+        )
     return parser
 
 
@@ -679,8 +826,14 @@ def _flags(args: argparse.Namespace) -> dict[str, str]:
     return {**getattr(args, "flags", {}), "n_components": "-k", "random_state": "--seed"}
 
 
-USER_ERRORS = (BigNMFError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-               PermissionError, FileExistsError)  # fmt: skip
+USER_ERRORS = (
+    BigNMFError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    FileExistsError,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

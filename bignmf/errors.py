@@ -1,4 +1,4 @@
-"""Exceptions raised by bignmf.
+"""Every exception and warning bignmf raises on purpose, all exported from :mod:`bignmf`.
 
 Every error about user data names where the problem is (the source, the row block and the
 offending count or value) so that a user can find it in a file of billions of entries.
@@ -47,6 +47,22 @@ class WorkersPausedError(BigNMFError, MemoryError):
     can run, so the fit would otherwise wait forever."""
 
 
+class CheckpointError(BigNMFError):
+    """A checkpoint or run directory is missing, damaged, or belongs to another run."""
+
+
+class CheckpointWarning(UserWarning):
+    """A damaged checkpoint was skipped in favour of an older one."""
+
+
+class ClusterConfigError(BigNMFError, ValueError):
+    """A cluster configuration is malformed; the message names the file and the key."""
+
+
+class MissingLauncherError(BigNMFError, ImportError):
+    """The package that launches a kind of cluster is not installed; names the extra."""
+
+
 class ObjectiveIncreaseWarning(RuntimeWarning):
     """The objective (loss + penalties) rose from one iteration to the next.
 
@@ -54,3 +70,22 @@ class ObjectiveIncreaseWarning(RuntimeWarning):
     convergence or a numerical problem; it is not taken as convergence and the fit goes on.
     Issued at most once per run, naming the iteration and both values.
     """
+
+
+def _convergence_warning() -> type[Warning]:
+    try:  # scikit-learn is optional; its warning class lets sklearn users filter as usual
+        from sklearn.exceptions import ConvergenceWarning
+    except ImportError:  # pragma: no cover - depends on the environment
+
+        class ConvergenceWarning(UserWarning):
+            """Some rows reached ``max_iter`` before ``tol``."""
+
+    return ConvergenceWarning
+
+
+def __getattr__(name: str):
+    # ConvergenceWarning is scikit-learn's when it is installed: imported only when asked for
+    if name == "ConvergenceWarning":
+        globals()[name] = _convergence_warning()
+        return globals()[name]
+    raise AttributeError(f"module 'bignmf.errors' has no attribute {name!r}")

@@ -26,18 +26,17 @@ from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from bignmf import registry
 from bignmf.fit.driver import IterationInfo
 from bignmf.fit.engine import nmf
-from bignmf.fit.init import INITS
 from bignmf.fit.transform import transform as transform_rows
-from bignmf.kernels.solvers import beta_loss_to_float
 from bignmf.store.csr import CSRStore
 from bignmf.store.matrix import MemoryMatrix, as_block_matrix
 
 __all__ = ["NMF"]
 
 #: scikit-learn's solver names mapped to the engine's, with the HALS sweeps they imply.
-_SOLVERS = {"hals": ("hals", None), "cd": ("hals", 1), "mu": ("mu", None), "bpp": ("bpp", None)}
+_SOLVERS = registry.estimator_solvers()
 
 
 def _is_store(X: Any) -> bool:
@@ -199,9 +198,9 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
             None,
             StrOptions({"auto"}),
         ],
-        "init": [StrOptions(set(INITS)), None],
+        "init": [StrOptions(set(registry.names("init"))), None],
         "solver": [StrOptions(set(_SOLVERS))],
-        "beta_loss": [StrOptions({"frobenius", "kullback-leibler", "itakura-saito"}), Real],
+        "beta_loss": [StrOptions(set(registry.names("beta_loss"))), Real],
         "tol": [Interval(Real, 0, None, closed="left")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
@@ -210,7 +209,7 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
         "l1_ratio": [Interval(Real, 0, 1, closed="both")],
         "verbose": ["verbose"],
         "n_inner": [Interval(Integral, 1, None, closed="left"), None],
-        "w_storage": [StrOptions({"auto", "memory", "zarr"})],
+        "w_storage": [StrOptions(set(registry.names("w_storage")))],
         "workdir": [str, os.PathLike, None],
         "n_tasks": [Interval(Integral, 1, None, closed="left"), None],
         "cache_a": [Interval(Integral, 0, None, closed="left"), str, None],
@@ -396,9 +395,13 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
             )
         if not _is_store(X):
             X = validate_data(
-                self, X, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32],
-                reset=reset, ensure_non_negative=True,
-            )  # fmt: skip
+                self,
+                X,
+                accept_sparse=("csr", "csc"),
+                dtype=[np.float64, np.float32],
+                reset=reset,
+                ensure_non_negative=True,
+            )
             return MemoryMatrix(X, block_nnz=self.block_nnz), True
         matrix = as_block_matrix(X, block_nnz=self.block_nnz)
         n = matrix.shape[1]
@@ -459,7 +462,7 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
                 f"solver='cd' is HALS with one sweep (n_inner=1), got n_inner={self.n_inner}; "
                 "use solver='hals' for more sweeps"
             )
-        beta = beta_loss_to_float(self.beta_loss)
+        beta = registry.beta_value(self.beta_loss)
         if solver != "mu" and beta != 2:
             raise ValueError(
                 f"Invalid beta_loss parameter: solver {self.solver!r} does not handle "
@@ -488,14 +491,28 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
                     tempfile.TemporaryDirectory(prefix="bignmf-fit-", dir=workdir)
                 )
             result = nmf(
-                matrix, k, solver=solver, beta_loss=self.beta_loss, init=self.init, W=W, H=H,
-                tol=self.tol, stopping="sklearn", max_iter=self.max_iter,
+                matrix,
+                k,
+                solver=solver,
+                beta_loss=self.beta_loss,
+                init=self.init,
+                W=W,
+                H=H,
+                tol=self.tol,
+                stopping="sklearn",
+                max_iter=self.max_iter,
                 random_state=_seed(self.random_state),
-                alpha_W=self.alpha_W, alpha_H=self.alpha_H, l1_ratio=self.l1_ratio,
-                n_inner=self.n_inner if n_inner is None else n_inner, w_storage=self.w_storage,
-                workdir=workdir, n_tasks=self.n_tasks, cache_a=self.cache_a,
-                scheduler=self.scheduler, callback=_print_progress if self.verbose else None,
-            )  # fmt: skip
+                alpha_W=self.alpha_W,
+                alpha_H=self.alpha_H,
+                l1_ratio=self.l1_ratio,
+                n_inner=self.n_inner if n_inner is None else n_inner,
+                w_storage=self.w_storage,
+                workdir=workdir,
+                n_tasks=self.n_tasks,
+                cache_a=self.cache_a,
+                scheduler=self.scheduler,
+                callback=_print_progress if self.verbose else None,
+            )
             W_out = result.W
             if keep_w and in_memory and not isinstance(W_out, np.ndarray):
                 W_out = np.asarray(W_out.compute(scheduler=self.scheduler))

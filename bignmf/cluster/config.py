@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from bignmf.errors import BigNMFError
+from bignmf.errors import ClusterConfigError, MissingLauncherError
 
 LOCAL_KINDS = ("threads", "sync")
 
@@ -39,14 +39,6 @@ WORKER_ENV = {
     "MKL_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
 }
-
-
-class ClusterConfigError(BigNMFError, ValueError):
-    """A cluster configuration is malformed; the message names the file and the key."""
-
-
-class MissingLauncherError(BigNMFError, ImportError):
-    """The package that launches a kind of cluster is not installed; names the extra."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,8 +291,9 @@ class AddressOptions:
         if (self.address is None) == (self.scheduler_file is None):
             raise ValueError("give exactly one of 'address' and 'scheduler_file'")
         if self.tls is not None and not (self.address or "tls://").startswith("tls://"):
-            raise ValueError(f"'address' must start with tls:// when 'tls' is set, "
-                                 f"got {self.address!r}")  # fmt: skip
+            raise ValueError(
+                f"'address' must start with tls:// when 'tls' is set, got {self.address!r}"
+            )
 
 
 class _SplitCores:
@@ -311,8 +304,7 @@ class _SplitCores:
 
     def __post_init__(self) -> None:
         if self.processes is not None and self.cores % self.processes:
-            raise ValueError(f"'processes' ({self.processes}) must divide 'cores' "
-                             f"({self.cores})")  # fmt: skip
+            raise ValueError(f"'processes' ({self.processes}) must divide 'cores' ({self.cores})")
 
     @property
     def n_processes(self) -> int:
@@ -385,13 +377,18 @@ class JobQueueOptions(_SplitCores):
         """Keyword arguments of dask-jobqueue's cluster class."""
         exports = [f"export {name}={shlex.quote(value)}" for name, value in self.env.items()]
         kwargs = {
-            "cores": self.cores, "memory": self.memory, "processes": self.n_processes,
-            "walltime": self.walltime, "queue": self.queue, "account": self.account,
+            "cores": self.cores,
+            "memory": self.memory,
+            "processes": self.n_processes,
+            "walltime": self.walltime,
+            "queue": self.queue,
+            "account": self.account,
             "job_extra_directives": list(self.job_extra_directives),
-            "job_script_prologue": [*self.prologue, *exports], "interface": self.interface,
+            "job_script_prologue": [*self.prologue, *exports],
+            "interface": self.interface,
             "local_directory": self.local_directory,
             "scheduler_options": dict(self.scheduler_options),
-        }  # fmt: skip
+        }
         return {name: value for name, value in kwargs.items() if value is not None}
 
 
@@ -641,8 +638,10 @@ def load_config(config: str | os.PathLike | Mapping | ClusterConfig) -> ClusterC
         where = _Where(str(path), path.resolve().parent)
     valid = "valid kinds: " + ", ".join(sorted(KINDS))
     if not isinstance(data, dict):
-        raise ClusterConfigError(f"{where.source}: expected a mapping with a 'kind' key "
-                                 f"({valid}), got {type(data).__name__}")  # fmt: skip
+        raise ClusterConfigError(
+            f"{where.source}: expected a mapping with a 'kind' key "
+            f"({valid}), got {type(data).__name__}"
+        )
     if "kind" not in data:
         raise ClusterConfigError(f"{where.source}: missing key 'kind'; {valid}")
     kind = data.pop("kind")
@@ -685,9 +684,12 @@ def _start_local(options: LocalOptions) -> Iterator[Any]:
     with dask.config.set({"distributed.nanny.pre-spawn-environ": options.env}):
         cluster = LocalCluster(
             n_workers=options.workers or os.cpu_count() or 1,
-            threads_per_worker=options.threads, processes=True, host="127.0.0.1",
-            dashboard_address=options.dashboard_address, memory_limit=options.memory_limit,
-        )  # fmt: skip
+            threads_per_worker=options.threads,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=options.dashboard_address,
+            memory_limit=options.memory_limit,
+        )
     with cluster, Client(cluster) as client:
         _wait(client, len(cluster.workers), 60)
         yield client
@@ -706,12 +708,15 @@ def _start_address(options: AddressOptions) -> Iterator[Any]:
             if not path.is_file():
                 raise FileNotFoundError(f"tls.{name}: {path} not found")
         security = Security(
-            tls_ca_file=str(tls.ca_file), tls_client_cert=str(tls.cert),
-            tls_client_key=str(tls.key), require_encryption=True,
-        )  # fmt: skip
+            tls_ca_file=str(tls.ca_file),
+            tls_client_cert=str(tls.cert),
+            tls_client_key=str(tls.key),
+            require_encryption=True,
+        )
     scheduler_file = None if options.scheduler_file is None else str(options.scheduler_file)
-    with Client(options.address, scheduler_file=scheduler_file, security=security,
-                timeout=options.timeout) as client:  # fmt: skip
+    with Client(
+        options.address, scheduler_file=scheduler_file, security=security, timeout=options.timeout
+    ) as client:
         _wait(client, options.wait_for_workers, options.timeout)
         yield client
 
@@ -764,10 +769,12 @@ def _start_ssh(config: ClusterConfig) -> Iterator[Any]:
     # The remote processes inherit this process's Dask configuration.
     with dask.config.set({"distributed.nanny.pre-spawn-environ": options.env}):
         cluster = SSHCluster(
-            hosts=list(options.hosts), connect_options=dict(options.connect_options),
-            worker_options=worker_options, scheduler_options=dict(options.scheduler_options),
+            hosts=list(options.hosts),
+            connect_options=dict(options.connect_options),
+            worker_options=worker_options,
+            scheduler_options=dict(options.scheduler_options),
             remote_python=options.remote_python,
-        )  # fmt: skip
+        )
     with cluster, Client(cluster) as client:
         # A worker reports that it started before the scheduler has registered it.
         expected = (len(options.hosts) - 1) * options.workers_per_host
@@ -868,8 +875,9 @@ def job_script(config: str | os.PathLike | Mapping | ClusterConfig) -> str:
     """
     checked = load_config(config)
     if not isinstance(checked.options, JobQueueOptions):
-        raise ClusterConfigError(f"{checked.source}: job_script() needs kind slurm or pbs, "
-                                 f"got kind {checked.kind!r}")  # fmt: skip
+        raise ClusterConfigError(
+            f"{checked.source}: job_script() needs kind slurm or pbs, got kind {checked.kind!r}"
+        )
     with _jobqueue_cluster(checked) as cluster:
         return cluster.job_script()
 
@@ -888,8 +896,9 @@ def kubernetes_spec(config: str | os.PathLike | Mapping | ClusterConfig) -> dict
     """
     checked = load_config(config)
     if checked.kind != "kubernetes":
-        raise ClusterConfigError(f"{checked.source}: kubernetes_spec() needs kind kubernetes, "
-                                 f"got kind {checked.kind!r}")  # fmt: skip
+        raise ClusterConfigError(
+            f"{checked.source}: kubernetes_spec() needs kind kubernetes, got kind {checked.kind!r}"
+        )
     operator = _launcher(checked.kind)
     options = checked.options
     per_pod = {"cpu": str(options.cores)}
@@ -898,10 +907,13 @@ def kubernetes_spec(config: str | os.PathLike | Mapping | ClusterConfig) -> dict
     threads = options.cores // options.n_processes
     command = ["dask", "worker", "--nworkers", str(options.n_processes), "--nthreads", str(threads)]
     spec = operator.make_cluster_spec(
-        name=options.name, image=options.image, n_workers=options.pods,
-        resources={"requests": dict(per_pod), "limits": dict(per_pod)}, env=dict(options.env),
+        name=options.name,
+        image=options.image,
+        n_workers=options.pods,
+        resources={"requests": dict(per_pod), "limits": dict(per_pod)},
+        env=dict(options.env),
         worker_command=command,
-    )  # fmt: skip
+    )
     for role in ("scheduler", "worker"):
         pod = spec["spec"][role]["spec"]
         for container in pod["containers"]:
@@ -909,19 +921,25 @@ def kubernetes_spec(config: str | os.PathLike | Mapping | ClusterConfig) -> dict
             if container.get("args", [None])[0] == "dask-scheduler":
                 container["args"] = ["dask", "scheduler", *container["args"][1:]]
             if options.volumes:
-                container["volumeMounts"] = [{"name": v.claim, "mountPath": v.mount_path}
-                                             for v in options.volumes]  # fmt: skip
+                container["volumeMounts"] = [
+                    {"name": v.claim, "mountPath": v.mount_path} for v in options.volumes
+                ]
         if options.volumes:
-            pod["volumes"] = [{"name": v.claim, "persistentVolumeClaim": {"claimName": v.claim}}
-                              for v in options.volumes]  # fmt: skip
+            pod["volumes"] = [
+                {"name": v.claim, "persistentVolumeClaim": {"claimName": v.claim}}
+                for v in options.volumes
+            ]
     return spec
 
 
 @contextlib.contextmanager
 def scheduler_for(
-    spec: str | None = "local", *, n_workers: int | None = None, threads_per_worker: int = 1,
+    spec: str | None = "local",
+    *,
+    n_workers: int | None = None,
+    threads_per_worker: int = 1,
     memory_limit: str | None = "auto",
-) -> Iterator[Any]:  # fmt: skip
+) -> Iterator[Any]:
     """Yield what :func:`bignmf.nmf` takes as ``scheduler`` for a command-line choice.
 
     Parameters
@@ -938,8 +956,9 @@ def scheduler_for(
         yield spec
         return
     if spec == "local":
-        options = LocalOptions(workers=n_workers, threads=threads_per_worker,
-                               memory_limit=memory_limit)  # fmt: skip
+        options = LocalOptions(
+            workers=n_workers, threads=threads_per_worker, memory_limit=memory_limit
+        )
         with _start_local(options) as client:
             yield client
         return

@@ -56,8 +56,13 @@ class ProgressBar(Base):
         """Open the bar at the current iteration (after a resume, not at 0)."""
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=max_iter, initial=state.iteration, unit="it", desc="nmf",
-                        disable=None if self.enabled else True)  # fmt: skip
+        self.bar = tqdm(
+            total=max_iter,
+            initial=state.iteration,
+            unit="it",
+            desc="nmf",
+            disable=None if self.enabled else True,
+        )
 
     def on_iteration(self, state: FitState, info: IterationInfo) -> None:
         """Advance and show the loss."""

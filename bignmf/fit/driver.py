@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from bignmf.errors import ObjectiveIncreaseWarning, ParameterError
+from bignmf.errors import ObjectiveIncreaseWarning
 from bignmf.fit.columns import TwoPasses
 from bignmf.fit.graph import WIO, HState, Pass, block_pass, iteration
 from bignmf.fit.rundir import Checkpoint, CheckpointError, crash_point, crc32
@@ -185,9 +185,14 @@ class FitState:
         """Write W's blocks under ``directory``; return their CRC-32s."""
         target = ZarrBlocks(directory, self.matrix.row_offsets, self.k, self.H.dtype, 1).create()
         _, total = block_pass(
-            self.matrix, self.plan.groups, _save_step, (target, self.matrix.n_blocks),
-            self.w_groups, self._wio(write=False), reads_a=False,
-        )  # fmt: skip
+            self.matrix,
+            self.plan.groups,
+            _save_step,
+            (target, self.matrix.n_blocks),
+            self.w_groups,
+            self._wio(write=False),
+            reads_a=False,
+        )
         (sums,) = self.runner.compute(total)
         return sums["crc32"]
 
@@ -216,9 +221,14 @@ class FitState:
             )
         self.iteration = checkpoint.iteration
         new_w, _ = block_pass(
-            self.matrix, self.plan.groups, _restore_step, (source, checkpoint.w_crc32),
-            None, self._wio(write=True), reads_a=False,
-        )  # fmt: skip
+            self.matrix,
+            self.plan.groups,
+            _restore_step,
+            (source, checkpoint.w_crc32),
+            None,
+            self._wio(write=True),
+            reads_a=False,
+        )
         if self.w_store is None:
             self.w_groups = list(self.runner.persist(*new_w))
             self.runner.compute(*self.w_groups)  # surface damage now, not mid-iteration
@@ -385,12 +395,9 @@ def get_stopping(name: str) -> Callable[..., bool]:
     ParameterError
         For any other name; the message lists the valid ones.
     """
-    try:
-        return STOPPING[name]
-    except (KeyError, TypeError):
-        raise ParameterError(
-            f"unknown stopping rule {name!r}; valid rules: {', '.join(sorted(STOPPING))}"
-        ) from None
+    from bignmf import registry
+
+    return STOPPING[registry.check("stopping", name)]
 
 
 def run(

@@ -7,6 +7,7 @@ only to the persisted results of iteration t-1, so lineage never grows.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections.abc import Callable
@@ -34,9 +35,10 @@ from bignmf.fit.callbacks import (
 )
 from bignmf.fit.driver import FitState, IterationInfo, get_stopping, rounding, run
 from bignmf.fit.graph import Pass, placement
-from bignmf.fit.init import INITS, InitSpec, check_custom, custom_init, nndsvd_init, random_init
+from bignmf.fit.init import InitSpec, check_custom, custom_init, nndsvd_init, random_init
 from bignmf.fit.rundir import WORK_W, CheckpointError, RunDir, crc32
-from bignmf.kernels.solvers import SOLVERS, SolverParams, beta_loss_to_float, get_solver
+from bignmf.fit.settings import FitSettings, RunOptions, RunRecord
+from bignmf.kernels.solvers import SolverParams, get_solver
 from bignmf.store import blockcache
 from bignmf.store.csr import CSRStore, open_matrix
 from bignmf.store.factors import ZarrBlocks, choose_storage
@@ -82,7 +84,7 @@ def _seed(random_state: int | None) -> int:
         return int(np.random.SeedSequence().entropy % (2**63))
     if isinstance(random_state, int | np.integer) and random_state >= 0:
         return int(random_state)
-    raise ValueError(f"random_state must be a non-negative int or None, got {random_state!r}")
+    raise ParameterError(f"random_state must be a non-negative int or None, got {random_state!r}")
 
 
 def nmf(
@@ -223,41 +225,90 @@ def nmf(
     scheduler or the number of tasks: the partial sums are added in a fixed tree.
     """
     matrix = as_block_matrix(A, block_nnz=block_nnz)
-    m, n = matrix.shape
-    threads = scheduler_threads(scheduler)
-    n_tasks = n_tasks or 4 * threads
-    try:  # every parameter is checked before anything is written
-        settings = _settings(
-            matrix, n_components, solver=solver, beta_loss=beta_loss, init=init,
-            seed=None if resume is not None else _seed(random_state), alpha_W=alpha_W,
-            alpha_H=alpha_H, l1_ratio=l1_ratio, n_inner=n_inner,
-            column_chunks=_column_chunks(
-                column_chunks, matrix, n_components, beta_loss, init, scheduler, n_tasks, resume
-            ),
-        )  # fmt: skip
-    except ValueError as error:
-        raise ParameterError(str(error)) from None
-    get_stopping(stopping)  # an unknown rule is refused before anything is written
-    options = {"max_iter": int(max_iter), "tol": float(tol), "stopping": stopping,
-               "w_storage": w_storage, "block_nnz": block_nnz,
-               "checkpoint_every": checkpoint_every, "checkpoint_seconds": checkpoint_seconds,
-               "cache_a": blockcache.parse_budget(cache_a)}  # fmt: skip
-    _check_options(options, n_tasks=n_tasks, split_every=split_every)
+    options = RunOptions(
+        max_iter=max_iter,
+        tol=tol,
+        stopping=stopping,
+        w_storage=w_storage,
+        block_nnz=block_nnz,
+        checkpoint_every=checkpoint_every,
+        checkpoint_seconds=checkpoint_seconds,
+        cache_a=blockcache.parse_budget(cache_a),
+        scheduler=scheduler,
+        n_tasks=n_tasks,
+        split_every=split_every,
+        workdir=workdir,
+    )
+    recorded = RunRecord.from_json(RunDir(resume).record()) if resume is not None else None
+    settings = FitSettings.build(
+        matrix.shape,
+        matrix.dtype,
+        n_components,
+        solver=solver,
+        beta_loss=beta_loss,
+        init=init,
+        seed=None if resume is not None else _seed(random_state),
+        alpha_W=alpha_W,
+        alpha_H=alpha_H,
+        l1_ratio=l1_ratio,
+        n_inner=n_inner,
+    )
+    chunks = _column_chunks(column_chunks, matrix, settings, options, recorded)
+    settings = dataclasses.replace(settings, column_chunks=chunks)
+    observers = _callbacks(callback, callbacks, progress)
+    return _start(matrix, settings, options, observers, (W, H), checkpoint_dir, resume, recorded)
+
+
+def _start(matrix, settings, options, observers, initial, checkpoint_dir, resume, recorded):
+    """Check what is left to check, open the run directory, fit."""
+    if options.n_tasks is None:
+        options = options.replace(n_tasks=4 * scheduler_threads(options.scheduler))
+    if settings.column_chunks > 1:
+        try:
+            columns.check_solver(settings.solver, settings.beta_loss)
+        except ValueError as error:
+            raise ParameterError(str(error)) from None
+    (m, n) = matrix.shape
     try:
         params = SolverParams.from_alpha(
-            n_samples=m, n_features=n, beta_loss=settings["beta_loss"], alpha_W=alpha_W,
-            alpha_H=alpha_H, l1_ratio=l1_ratio, n_inner=settings["n_inner"],
-        )  # fmt: skip
-        plan = Pass.plan(matrix.n_blocks, n_tasks, solver, params, split_every)
+            n_samples=m,
+            n_features=n,
+            beta_loss=settings.beta_loss,
+            alpha_W=settings.alpha_W,
+            alpha_H=settings.alpha_H,
+            l1_ratio=settings.l1_ratio,
+            n_inner=settings.n_inner,
+        )
+        plan = Pass.plan(
+            matrix.n_blocks, options.n_tasks, settings.solver, params, options.split_every
+        )
     except ValueError as error:
         raise ParameterError(str(error)) from None
-    if settings["init"] == "custom" and resume is None:  # before anything is written
-        check_custom(W, H, matrix.shape, settings["n_components"], matrix.dtype)
-    runner = Runner(scheduler)
-    run_dir, record = _run_dir(matrix, settings, options, checkpoint_dir, resume)
-    job = _Job(matrix, settings if record is None else record["settings"], options, params, plan,
-               runner, run_dir, record, workdir, (W, H),
-               _callbacks(callback, callbacks, progress, run_dir, options))  # fmt: skip
+    if settings.init == "custom" and resume is None:  # before anything is written
+        check_custom(*initial, matrix.shape, settings.n_components, matrix.dtype)
+    runner = Runner(options.scheduler)
+    if resume is not None:
+        run_dir = RunDir(resume)
+        _check_resumable(run_dir, recorded, matrix, settings)
+        settings = recorded.settings
+    elif checkpoint_dir is not None:
+        record = RunRecord(settings, options, _matrix_record(matrix), versions())
+        run_dir = RunDir(checkpoint_dir).create(record.to_json())
+    else:
+        run_dir = None
+    observers = observers + _run_callbacks(run_dir, options)
+    job = _Job(
+        matrix,
+        settings,
+        options,
+        params,
+        plan,
+        runner,
+        run_dir,
+        recorded is not None,
+        initial,
+        observers,
+    )
     try:
         return _fit(job)
     except BaseException:
@@ -271,73 +322,81 @@ class _Job:
     """A fit whose parameters are all checked and whose run directory (if any) is open."""
 
     matrix: Any
-    settings: dict
-    options: dict
+    settings: FitSettings
+    options: RunOptions
     params: SolverParams
     plan: Pass
     runner: Runner
     run_dir: RunDir | None
-    record: dict | None
-    workdir: Any
+    resumed: bool
     initial: tuple  # custom (W, H), or (None, None)
     callbacks: list
 
 
-def _callbacks(callback, callbacks, progress: bool, run_dir, options: dict) -> list:
-    """The loop's callbacks: the user's, then progress, logging, metrics and checkpoints."""
+def _callbacks(callback, callbacks, progress: bool) -> list:
+    """The loop's observers: the user's, then progress and logging."""
     found = list(callbacks)
     if callback is not None:
         found.append(FunctionCallback(callback))
     if progress:
         found.append(ProgressBar())
     found.append(LogIterations())
-    if run_dir is not None:
-        every, seconds = options["checkpoint_every"], options["checkpoint_seconds"]
-        found += [MetricsFile(run_dir), Checkpointer(run_dir, every, seconds)]
     return found
+
+
+def _run_callbacks(run_dir: RunDir | None, options: RunOptions) -> list:
+    """Metrics and checkpoints, when the fit has a run directory."""
+    if run_dir is None:
+        return []
+    every, seconds = options.checkpoint_every, options.checkpoint_seconds
+    return [MetricsFile(run_dir), Checkpointer(run_dir, every, seconds)]
 
 
 def _fit(job: _Job) -> NMFResult:
     """Initialise (or restore the newest checkpoint) and iterate."""
     matrix, runner, run_dir = job.matrix, job.runner, job.run_dir
     settings, options = job.settings, job.options
-    (m, n), k, scheduler = matrix.shape, settings["n_components"], runner.scheduler
-    max_iter, tol = options["max_iter"], options["tol"]
+    (m, n), k, scheduler = matrix.shape, settings.n_components, runner.scheduler
     w_store = None
     distributed = is_distributed(scheduler)
-    if choose_storage(m, k, matrix.dtype, options["w_storage"], distributed) == "zarr":
-        w_buffers = _w_buffers(job.workdir, run_dir)
+    if choose_storage(m, k, matrix.dtype, options.w_storage, distributed) == "zarr":
+        w_buffers = _w_buffers(options.workdir, run_dir)
         w_store = ZarrBlocks(w_buffers, matrix.row_offsets, k, matrix.dtype)
         w_store.create()
     if distributed:  # workers open the store and W's buffers by path: fail now, naming them
         runner.check_visible(
             [getattr(matrix, "path", None), w_store.path if w_store is not None else None]
         )
-    reads = blockcache.cached(matrix, options["cache_a"], lambda: process_memory_bytes(scheduler))
-    solver = get_solver(settings["solver"])
+    reads = blockcache.cached(matrix, options.cache_a, lambda: process_memory_bytes(scheduler))
+    solver = get_solver(settings.solver)
     H0 = np.zeros((k, n), matrix.dtype)
     state = FitState(reads, job.plan, runner, solver, job.params.beta_loss, None, w_store, H0)
-    if settings["column_chunks"] > 1:
-        ranges = columns.ColumnRanges.split(n, settings["column_chunks"])
+    if settings.column_chunks > 1:
+        ranges = columns.ColumnRanges.split(n, settings.column_chunks)
         workdir = None if w_store is None else os.path.dirname(w_store.path)
         state.two_passes = columns.TwoPasses(ranges, matrix.row_offsets, workdir)
     try:
         # one BLAS thread here too: on a cluster the driver's H update otherwise competes with
         # the workers for cores (measured 0.01 s quiet, 0.06-0.23 s under load)
         with threadpool_limits(limits=1), placement(runner.workers):
-            restored = run_dir.load(lambda ckpt: state.restore_w(ckpt)) if job.record else None
+            restored = run_dir.load(lambda ckpt: state.restore_w(ckpt)) if job.resumed else None
             if restored is None:
                 _initialize(state, settings, *job.initial)
-            run(state, max_iter, tol, job.callbacks, options["stopping"])
+            run(state, options.max_iter, options.tol, job.callbacks, options.stopping)
     finally:
         if reads is not matrix:
             runner.everywhere(blockcache.drop, matrix.path, matrix.key)
     final = state.final_loss()
     return NMFResult(
-        _collect_w(state), state.H, list(state.history), float(np.sqrt(2 * max(final, 0.0))),
-        state.iteration, state.converged, str(run_dir.path) if run_dir else None,
+        _collect_w(state),
+        state.H,
+        list(state.history),
+        float(np.sqrt(2 * max(final, 0.0))),
+        state.iteration,
+        state.converged,
+        str(run_dir.path) if run_dir else None,
         list(state.objective_history),
-    )  # fmt: skip
+    )
 
 
 def _w_buffers(workdir, run_dir: RunDir | None) -> str:
@@ -350,97 +409,33 @@ def _w_buffers(workdir, run_dir: RunDir | None) -> str:
     return os.path.join(tempfile.mkdtemp(prefix="bignmf-", dir=root), WORK_W)
 
 
-def _settings(matrix, n_components, **values) -> dict:
-    """What fixes the iterates: checked against the record when a run is resumed."""
-    k = int(n_components)
-    m, n = matrix.shape
-    if k < 1:
-        raise ValueError(f"n_components must be >= 1, got {n_components}")
-    if values["solver"] not in SOLVERS:
-        raise ValueError(f"unknown solver {values['solver']!r}; choose one of {sorted(SOLVERS)}")
-    init = values["init"] or ("nndsvda" if k <= min(m, n) else "random")
-    if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; choose one of {list(INITS)}")
-    if init.startswith("nndsvd") and k > min(m, n):
-        # scikit-learn's words (_initialize_nmf); the SVD has only min(m, n) vectors and k is
-        # never lowered behind the user's back
-        raise ValueError(
-            f"init = '{init}' can only be used when n_components <= min(n_samples, n_features)"
-            f" (n_components = {k}, n_samples = {m}, n_features = {n})"
-        )
-    alpha_H = values["alpha_H"]
-    if values["column_chunks"] > 1:
-        columns.check_solver(values["solver"], beta_loss_to_float(values["beta_loss"]))
-    return {
-        "n_components": k,
-        "solver": values["solver"],
-        "beta_loss": beta_loss_to_float(values["beta_loss"]),
-        "init": init,
-        "seed": values["seed"],
-        "alpha_W": float(values["alpha_W"]),
-        "alpha_H": alpha_H if isinstance(alpha_H, str) else float(alpha_H),
-        "l1_ratio": float(values["l1_ratio"]),
-        "n_inner": int(values["n_inner"] or 1),
-        "dtype": str(matrix.dtype),
-        "column_chunks": values["column_chunks"],
-    }
-
-
-def _check_options(options: dict, *, n_tasks: int, split_every: int) -> None:
-    """Refuse out-of-range run options before anything is written."""
-    checks = [
-        ("max_iter", options["max_iter"], options["max_iter"] >= 0, ">= 0"),
-        ("tol", options["tol"], np.isfinite(options["tol"]) and options["tol"] >= 0, ">= 0"),
-        ("n_tasks", n_tasks, n_tasks >= 1, ">= 1"),
-        ("split_every", split_every, split_every >= 2 and split_every & (split_every - 1) == 0,
-         "a power of two >= 2"),
-        ("checkpoint_every", options["checkpoint_every"],
-         options["checkpoint_every"] is None or options["checkpoint_every"] >= 1, ">= 1 or None"),
-        ("checkpoint_seconds", options["checkpoint_seconds"],
-         options["checkpoint_seconds"] is None or options["checkpoint_seconds"] > 0,
-         "> 0 or None"),
-    ]  # fmt: skip
-    for name, value, ok, expected in checks:
-        if not ok:
-            raise ParameterError(f"{name} must be {expected}, got {value!r}")
-
-
-def _column_chunks(requested, matrix, k, beta_loss, init, scheduler, n_tasks, resume) -> int:
+def _column_chunks(requested, matrix, settings: FitSettings, options, recorded) -> int:
     """The user's ``column_chunks``, the resumed run's, or the fewest that fit a task."""
-    (m, n), k = matrix.shape, int(k)
+    n, k = matrix.shape[1], settings.n_components
     if requested is not None:
-        columns.ColumnRanges.split(n, int(requested))  # validates the range
+        try:
+            columns.ColumnRanges.split(n, int(requested))  # validates the range
+        except ValueError as error:
+            raise ParameterError(str(error)) from None
         return int(requested)
-    if resume is not None:
-        return int(RunDir(resume).record()["settings"].get("column_chunks", 1))
-    if beta_loss_to_float(beta_loss) != 2.0:
+    if recorded is not None:
+        return recorded.settings.column_chunks
+    if settings.beta_loss != 2.0:
         return 1
-    blocks_per_task = -(-matrix.n_blocks // max(n_tasks, 1))
-    memory = task_memory_bytes(scheduler)
+    n_tasks = options.n_tasks or 4 * scheduler_threads(options.scheduler)
+    blocks_per_task = -(-matrix.n_blocks // n_tasks)
+    memory = task_memory_bytes(options.scheduler)
     chunks = columns.choose_column_chunks(n, k, matrix.dtype.itemsize, blocks_per_task, memory)
-    if (init or ("nndsvda" if k <= min(m, n) else "random")).startswith("nndsvd"):
+    if settings.init.startswith("nndsvd"):
         # the randomized SVD's sketches are n × (k + 10), in float64, and cut like H
         sketch = columns.choose_column_chunks(n, k + 10, 8, blocks_per_task, memory)
         chunks = max(chunks, sketch)
     return chunks
 
 
-_MAY_CHANGE_ON_RESUME = ("seed", "init")  # only used before the first checkpoint, from the record
-
-
-def _run_dir(
-    matrix, settings: dict, options: dict, checkpoint_dir, resume
-) -> tuple[RunDir | None, dict | None]:
-    """Open (resume) or start (checkpoint_dir) a run directory; check a resumed run matches."""
-    if resume is None:
-        if checkpoint_dir is None:
-            return None, None
-        record = {"settings": settings, "options": options, "matrix": _matrix_record(matrix),
-                  "versions": versions()}  # fmt: skip
-        return RunDir(checkpoint_dir).create(record), None
-    run_dir = RunDir(resume)
-    record = run_dir.record()
-    theirs, ours = record["matrix"], _matrix_record(matrix)
+def _check_resumable(run_dir: RunDir, recorded: RunRecord, matrix, settings) -> None:
+    """The same matrix, the same row blocking and the same settings as the recorded run."""
+    theirs, ours = recorded.matrix, _matrix_record(matrix)
     if theirs["fingerprint"] != ours["fingerprint"]:
         raise CheckpointError(
             f"{run_dir.path} was run on another matrix: recorded {theirs['fingerprint']}, "
@@ -451,20 +446,18 @@ def _run_dir(
             f"{run_dir.path} was run with another row blocking of this matrix "
             f"({theirs['n_blocks']} blocks, now {ours['n_blocks']}); pass the same block_nnz"
         )
-    differ = {
-        key: (record["settings"].get(key), value)
-        for key, value in settings.items()
-        if key not in _MAY_CHANGE_ON_RESUME and record["settings"].get(key) != value
-    }
+    differ = recorded.settings.differences(settings)
     if differ:
         listed = ", ".join(f"{key}: recorded {a!r}, given {b!r}" for key, (a, b) in differ.items())
         raise CheckpointError(f"{run_dir.path} was run with other settings ({listed})")
-    return run_dir, record
 
 
 def _matrix_record(matrix) -> dict:
-    record = {"fingerprint": matrix.fingerprint(), "n_blocks": int(matrix.n_blocks),
-              "row_offsets_crc32": crc32(np.asarray(matrix.row_offsets, dtype="<i8"))}  # fmt: skip
+    record = {
+        "fingerprint": matrix.fingerprint(),
+        "n_blocks": int(matrix.n_blocks),
+        "row_offsets_crc32": crc32(np.asarray(matrix.row_offsets, dtype="<i8")),
+    }
     if isinstance(matrix, CSRStore):
         record.update(path=os.path.abspath(matrix.path), key=matrix.key)
     return record
@@ -486,18 +479,19 @@ def versions() -> dict:
     return found
 
 
-def _initialize(state: FitState, settings: dict, W, H) -> None:
+def _initialize(state: FitState, settings: FitSettings, W, H) -> None:
     """Initial W blocks (persisted or written to buffer 0) and H."""
     matrix, groups = state.matrix, state.plan.groups
-    spec = InitSpec(settings["n_components"], matrix.dtype, settings["seed"], matrix.row_offsets)
-    init = settings["init"]
+    spec = InitSpec(settings.n_components, matrix.dtype, settings.seed, matrix.row_offsets)
+    init = settings.init
     if init == "custom":
         w_groups, state.H = custom_init(matrix, groups, spec, W, H, state.w_store)
     elif init == "random":
         w_groups, state.H = random_init(matrix, groups, spec, state.w_store)
     else:
-        w_groups, state.H = nndsvd_init(matrix, groups, spec, init, state.runner, state.w_store,
-                                        state.two_passes)  # fmt: skip
+        w_groups, state.H = nndsvd_init(
+            matrix, groups, spec, init, state.runner, state.w_store, state.two_passes
+        )
     if state.w_store is None:
         state.w_groups = list(state.runner.persist(*w_groups))
     else:  # the tasks wrote W into its Zarr buffer 0
@@ -519,18 +513,29 @@ def finished(run_dir: str | os.PathLike, **overrides: Any) -> tuple[int, bool] |
     None too when the run has no checkpoint yet or was run on an in-memory matrix.
     """
     run = RunDir(run_dir)
-    record = run.record()
-    options = {**record["options"], **{k: v for k, v in overrides.items() if v is not None}}
+    record = RunRecord.from_json(run.record())
+    options = RunOptions.from_record(record.options.to_record(), **_parsed(overrides))
     checkpoint = run.newest()
-    if checkpoint is None or "path" not in record["matrix"]:
+    if checkpoint is None or record.store is None:
         return None
-    if checkpoint.iteration >= options["max_iter"]:
+    if checkpoint.iteration >= options.max_iter:
         return checkpoint.iteration, False
     objective = checkpoint.objective_history or checkpoint.loss_history
-    matrix = open_matrix(record["matrix"]["path"], record["matrix"].get("key"))
-    noise = rounding(objective, record["settings"]["beta_loss"], matrix, matrix.dtype)
-    rule = get_stopping(options.get("stopping", "relative"))
-    return (checkpoint.iteration, True) if rule(objective, options["tol"], noise) else None
+    matrix = open_matrix(*record.store)
+    noise = rounding(objective, record.settings.beta_loss, matrix, matrix.dtype)
+    rule = get_stopping(options.stopping)
+    return (checkpoint.iteration, True) if rule(objective, options.tol, noise) else None
+
+
+#: What a resume may be given besides :meth:`RunOptions.may_change`: who watches the loop.
+OBSERVERS = ("progress", "callback", "callbacks")
+
+
+def _parsed(overrides: dict) -> dict:
+    """Option overrides as :class:`RunOptions` holds them (a cache size given as text)."""
+    if overrides.get("cache_a") is not None:
+        return {**overrides, "cache_a": blockcache.parse_budget(overrides["cache_a"])}
+    return overrides
 
 
 def resume(run_dir: str | os.PathLike, *, A: Any = None, **overrides: Any) -> NMFResult:
@@ -543,37 +548,35 @@ def resume(run_dir: str | os.PathLike, *, A: Any = None, **overrides: Any) -> NM
     A : optional
         The matrix; by default the store recorded in the run (in-memory inputs must be given).
     **overrides
-        ``max_iter``, ``tol``, ``stopping``, ``scheduler``, ``n_tasks``, ``progress``,
-        ``callback``, ``callbacks``, ``workdir``, ``checkpoint_every``, ``checkpoint_seconds``,
-        ``split_every``, ``cache_a``. A run recorded before ``stopping`` existed resumes with
-        'relative', the rule it ran with.
+        Any of :meth:`RunOptions.may_change <bignmf.fit.settings.RunOptions.may_change>`
+        (``max_iter``, ``tol``, ``stopping``, ``checkpoint_every``, ``checkpoint_seconds``,
+        ``cache_a``, ``scheduler``, ``n_tasks``, ``split_every``, ``workdir``) and the
+        observers ``progress``, ``callback``, ``callbacks``. A run recorded before
+        ``stopping`` existed resumes with 'relative', the rule it ran with.
 
     Returns
     -------
     NMFResult
         Bitwise equal to what the uninterrupted run gives.
     """
-    record = RunDir(run_dir).record()
-    allowed = {"max_iter", "tol", "stopping", "scheduler", "n_tasks", "progress", "callback",
-               "callbacks", "workdir", "checkpoint_every", "checkpoint_seconds", "split_every",
-               "cache_a"}  # fmt: skip
+    record = RunRecord.from_json(RunDir(run_dir).record())
+    allowed = set(RunOptions.may_change()) | set(OBSERVERS)
     unknown = set(overrides) - allowed
     if unknown:
         raise TypeError(
             f"resume() cannot change {sorted(unknown)}; it may change {sorted(allowed)}"
         )
     if A is None:
-        matrix = record["matrix"]
-        if "path" not in matrix:
+        if record.store is None:
             raise CheckpointError(f"{run_dir} was run on an in-memory matrix: pass it as A=")
-        A = open_matrix(matrix["path"], matrix.get("key"), block_nnz=record["options"]["block_nnz"])
-    settings, options = record["settings"], record["options"]
-    fixed = ("solver", "beta_loss", "init", "alpha_W", "alpha_H", "l1_ratio", "n_inner")
-    kwargs = {name: settings[name] for name in fixed}
-    kwargs["column_chunks"] = settings.get("column_chunks", 1)
-    kwargs.update({name: options[name] for name in options if name != "block_nnz"})
-    kwargs.update(overrides, block_nnz=options["block_nnz"])
-    return nmf(A, settings["n_components"], resume=run_dir, **kwargs)
+        A = open_matrix(*record.store, block_nnz=record.options.block_nnz)
+    matrix = as_block_matrix(A, block_nnz=record.options.block_nnz)
+    given = {name: overrides.pop(name) for name in OBSERVERS if name in overrides}
+    options = RunOptions.from_record(record.options.to_record(), **_parsed(overrides))
+    observers = _callbacks(
+        given.get("callback"), given.get("callbacks", ()), given.get("progress", False)
+    )
+    return _start(matrix, record.settings, options, observers, (None, None), None, run_dir, record)
 
 
 __all__ = ["NMFResult", "Runner", "nmf", "resume", "versions"]

@@ -167,8 +167,9 @@ def _group_task(matrix, start, stop, w_blocks, wio: WIO, step, step_args, reads_
     ``step(A_i, W_i, i, *step_args, work) -> (partial dict or None, new W_i or None)``.
     """
     with _borrowed_scratch(matrix, reads_a) as (buffers, work):
-        return _run_group(matrix, start, stop, w_blocks, wio, step, step_args, reads_a, buffers,
-                          work)  # fmt: skip
+        return _run_group(
+            matrix, start, stop, w_blocks, wio, step, step_args, reads_a, buffers, work
+        )
 
 
 def _run_group(matrix, start, stop, w_blocks, wio, step, step_args, reads_a, buffers, work):
@@ -309,8 +310,9 @@ def block_pass(
     args = tuple(dask.delayed(a, pure=True, traverse=False) for a in step_args)
     task = dask.delayed(_group_task, nout=2, pure=True)
     outputs = []
-    for g, ((start, stop), host) in enumerate(zip(groups, _group_hosts(matrix, groups, reads_a),
-                                                  strict=True)):  # fmt: skip
+    for g, ((start, stop), host) in enumerate(
+        zip(groups, _group_hosts(matrix, groups, reads_a), strict=True)
+    ):
         where = (
             dask.annotate(workers=[host], allow_other_workers=True)
             if host is not None
@@ -318,9 +320,17 @@ def block_pass(
         )
         with where:
             outputs.append(
-                task(matrix, start, stop, None if w_groups is None else w_groups[g], wio, step,
-                     args, reads_a)
-            )  # fmt: skip
+                task(
+                    matrix,
+                    start,
+                    stop,
+                    None if w_groups is None else w_groups[g],
+                    wio,
+                    step,
+                    args,
+                    reads_a,
+                )
+            )
     keeps_w = wio.write is not None and wio.store is None
     stacks = [stack for _, stack in outputs] if keeps_w else outputs
     merge = dask.delayed(_merge_task, pure=True)

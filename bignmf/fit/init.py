@@ -20,7 +20,14 @@ import numpy as np
 from bignmf.fit.graph import WIO, block_pass
 from bignmf.kernels.products import accumulate_at_w
 
-INITS = ("random", "custom", "nndsvd", "nndsvda", "nndsvdar")
+#: The initialisations by name (see :func:`bignmf.nmf`'s ``init``).
+INITS = {
+    "random": "sqrt(mean(A)/k)·|N(0,1)|, seeded per row block",
+    "custom": "the W and H given",
+    "nndsvd": "NNDSVD from an out-of-core randomized SVD (zeros kept)",
+    "nndsvda": "NNDSVD with zeros filled by the mean of A",
+    "nndsvdar": "NNDSVD with zeros filled by small random values",
+}
 EPS = np.finfo(np.float32).eps
 
 
@@ -63,8 +70,9 @@ def random_init(matrix, groups, spec: InitSpec, w_store=None) -> tuple[list | No
     scale = random_scale(matrix, spec.k)
     rng = np.random.default_rng([spec.seed, 0])
     H = np.abs(scale * rng.standard_normal((spec.k, matrix.shape[1]))).astype(spec.dtype)
-    w, _ = block_pass(matrix, groups, _random_step, (spec, scale), None, WIO(w_store, None, 0),
-                      reads_a=False)  # fmt: skip
+    w, _ = block_pass(
+        matrix, groups, _random_step, (spec, scale), None, WIO(w_store, None, 0), reads_a=False
+    )
     return w, H
 
 
@@ -122,8 +130,9 @@ def custom_init(matrix, groups, spec: InitSpec, W, H, w_store=None) -> tuple[lis
         for i in range(len(spec.row_offsets) - 1):
             w_store.write(0, i, _block_of(W, i, spec))
         return [], H
-    w, _ = block_pass(matrix, groups, _slice_step, (W, spec), None, WIO(None, None, 0),
-                      reads_a=False)  # fmt: skip
+    w, _ = block_pass(
+        matrix, groups, _slice_step, (W, spec), None, WIO(None, None, 0), reads_a=False
+    )
     return w, H
 
 
@@ -257,8 +266,9 @@ def nndsvd_init(matrix, groups, spec: InitSpec, variant: str, runner, w_store=No
         step, args, reads_a = _left_vectors_step, (z, P, spec.dtype), True
     else:
         step, args, reads_a = _left_vectors_from_y_step, (Y, P, spec.dtype), False
-    u_groups, total = block_pass(matrix, groups, step, args, None, WIO(w_store, None, 1),
-                                 reads_a=reads_a)  # fmt: skip
+    u_groups, total = block_pass(
+        matrix, groups, step, args, None, WIO(w_store, None, 1), reads_a=reads_a
+    )
     if w_store is None:  # keep U's blocks for the next pass instead of recomputing them
         *u_groups, total = runner.persist(*u_groups, total)
     else:  # U went to buffer 1 when the pass ran; the next pass reads it from there
@@ -288,6 +298,7 @@ def nndsvd_init(matrix, groups, spec: InitSpec, variant: str, runner, w_store=No
         zeros = H == 0
         rng = np.random.default_rng([spec.seed, 4])
         H[zeros] = np.abs(mean * rng.standard_normal(int(zeros.sum())) / 100)
-    w, _ = block_pass(matrix, groups, _nndsvd_step, (cols, spec), u_groups, WIO(w_store, 1, 0),
-                      reads_a=False)  # fmt: skip
+    w, _ = block_pass(
+        matrix, groups, _nndsvd_step, (cols, spec), u_groups, WIO(w_store, 1, 0), reads_a=False
+    )
     return w, np.ascontiguousarray(H, dtype=spec.dtype)

@@ -1,14 +1,21 @@
-"""What a finished run leaves for people: W and H as Zarr arrays, a summary, a loss curve."""
+"""What a finished run leaves for people: W and H as Zarr arrays, a summary, a loss curve.
+
+The file names are :mod:`bignmf.fit.rundir`'s; :func:`finish_run` writes them all, in the
+order that makes ``summary.json`` the mark of complete outputs.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
+
+from bignmf.fit.rundir import RunDir, crash_point, write_json_atomic
 
 ROWS_PER_CHUNK = 1 << 16
 
@@ -19,11 +26,12 @@ def write_factors(W: Any, H: np.ndarray, run_dir: str | os.PathLike) -> tuple[Pa
     ``W`` may be NumPy or a lazy Dask array: it is written one chunk of rows at a time, so it
     never has to fit in memory.
     """
-    run_dir = Path(run_dir)
-    w_path, h_path = write_rows(W, run_dir / "W.zarr"), run_dir / "H.zarr"
+    w_path, h_path = RunDir(run_dir).factor_paths
+    write_rows(W, w_path)
     k, n = H.shape
-    zarr.create_array(h_path, data=np.ascontiguousarray(H), chunks=(k, min(n, ROWS_PER_CHUNK)),
-                      overwrite=True)  # fmt: skip
+    zarr.create_array(
+        h_path, data=np.ascontiguousarray(H), chunks=(k, min(n, ROWS_PER_CHUNK)), overwrite=True
+    )
     return w_path, h_path
 
 
@@ -40,7 +48,7 @@ def write_rows(W: Any, path: str | os.PathLike) -> Path:
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     """The run's ``metrics.jsonl`` as a list of records."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = RunDir(run_dir).metrics_path
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -59,7 +67,7 @@ def plot_loss(run_dir: str | os.PathLike, path: str | os.PathLike | None = None)
     metrics = read_metrics(run_dir)
     if not metrics:
         return None
-    path = Path(path) if path is not None else Path(run_dir) / "loss.png"
+    path = Path(path) if path is not None else RunDir(run_dir).loss_plot_path
     iterations = [r["iteration"] for r in metrics]
     use_rel = all(r.get("relative_error") is not None for r in metrics)
     values = [r["relative_error"] if use_rel else r["loss"] for r in metrics]
@@ -78,11 +86,73 @@ def plot_loss(run_dir: str | os.PathLike, path: str | os.PathLike | None = None)
 def write_summary(run_dir: str | os.PathLike, summary: dict) -> Path:
     """Write ``summary.json``, last of a run's outputs and atomically: its presence says they
     are complete."""
-    from bignmf.fit.rundir import write_json_atomic
-
-    path = Path(run_dir) / "summary.json"
+    path = RunDir(run_dir).summary_path
     write_json_atomic(path, json.dumps(summary, indent=2) + "\n")
     return path
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """What :func:`finish_run` wrote, for a front end to show."""
+
+    W: Path
+    H: Path
+    summary: Path
+    metrics: Path
+    loss_plot: Path | None
+    plot_skipped: str | None  # why there is no loss curve (matplotlib missing)
+    relative_error: float | None
+
+
+def finish_run(run_dir: str | os.PathLike, result: Any, seconds: float) -> RunOutputs:
+    """Write a finished run's W, H, loss curve and summary (last, atomically)."""
+    from bignmf.fit.settings import RunRecord
+
+    run = RunDir(run_dir)
+    record = RunRecord.from_json(run.record())
+    w_path, h_path = write_factors(result.W, result.H, run.path)
+    crash_point("finish-factors", result.n_iter)
+    skipped = None
+    try:
+        png = plot_loss(run.path)
+    except ImportError as error:
+        png, skipped = None, f"matplotlib cannot be imported ({error})"
+    rel = None
+    if result.loss_history and record.settings.beta_loss == 2 and record.store is not None:
+        from bignmf.store.csr import open_matrix
+
+        norm = open_matrix(*record.store).frobenius_sq
+        rel = result.reconstruction_err / norm**0.5 if norm else None
+    summary = {
+        "n_components": record.settings.n_components,
+        "n_iter": result.n_iter,
+        "converged": result.converged,
+        "reconstruction_err": result.reconstruction_err,
+        "relative_error": rel,
+        "seconds": seconds,
+        "W": str(w_path),
+        "H": str(h_path),
+        "loss_plot": str(png) if png else None,
+        "settings": record.settings.to_record(),
+        "matrix": record.matrix,
+    }
+    path = write_summary(run.path, summary)
+    return RunOutputs(w_path, h_path, path, run.metrics_path, png, skipped, rel)
+
+
+def read_summary(run_dir: str | os.PathLike) -> dict | None:
+    """The run's ``summary.json``; None when it is missing or unreadable."""
+    try:
+        return json.loads(RunDir(run_dir).summary_path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_factor(run_dir: str | os.PathLike, name: str) -> np.ndarray | None:
+    """``H`` (or ``W``) as written by :func:`write_factors`; None before the run finished."""
+    w_path, h_path = RunDir(run_dir).factor_paths
+    path = {"W": w_path, "H": h_path}[name]
+    return zarr.open_array(path, mode="r")[...] if path.exists() else None
 
 
 def top_features(H: np.ndarray, n: int = 10) -> list[list[tuple[int, float]]]:

@@ -13,6 +13,10 @@ Layout of a run directory::
       ckpt-000050/        the newer one (the last two are kept)
       metrics.jsonl       one JSON line per iteration
       W-buffers.zarr/     W between iterations, when kept on disk (double-buffered)
+      AHt-buffers.zarr/   A·Hᵀ between the two passes of a column-range fit
+      W.zarr/, H.zarr/    the finished run's factors
+      loss.png            the loss curve (with matplotlib)
+      summary.json        the finished run's summary, written last
       .bignmf-fit.json    `bignmf fit`'s claim: the input it converts (written before run.json)
       A.zarr/             that input converted, when it was not a store (+ A.zarr.vocab.txt)
 
@@ -42,7 +46,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from bignmf.errors import BigNMFError
+from bignmf.errors import CheckpointError, CheckpointWarning
 
 FORMAT_VERSION = 1
 RUN_FILE = "run.json"
@@ -50,20 +54,23 @@ POINTER = "CURRENT"
 PREFIX = "ckpt-"
 KEEP = 2
 METRICS = "metrics.jsonl"
-WORK_W = "W-buffers.zarr"  # W between iterations when kept on disk
+W_FILE = "W.zarr"  # the finished run's factors, as people read them
+H_FILE = "H.zarr"
+SUMMARY = "summary.json"  # written last: its presence says the outputs are complete
+LOSS_PLOT = "loss.png"
+
+
+def buffers_name(name: str) -> str:
+    """The directory of a fit's double buffers of ``name`` (W, or the two-pass ``AHt``)."""
+    return f"{name}-buffers.zarr"
+
+
+WORK_W = buffers_name("W")  # W between iterations when kept on disk
 CONVERTED = "A.zarr"  # the input converted by `bignmf fit` when it was not a store
 CONVERTED_NAMES = CONVERTED + ".vocab.txt"  # its column names, from an AnnData input
 CLAIM = ".bignmf-fit.json"  # a fit's claim on the directory before its run.json exists
 # what a run writes before its first checkpoint: removed when such a run fails
-_STARTED = (RUN_FILE, POINTER, METRICS, WORK_W, "AHt-buffers.zarr")
-
-
-class CheckpointError(BigNMFError):
-    """A checkpoint or run directory is missing, damaged, or belongs to another run."""
-
-
-class CheckpointWarning(UserWarning):
-    """A damaged checkpoint was skipped in favour of an older one."""
+_STARTED = (RUN_FILE, POINTER, METRICS, WORK_W, buffers_name("AHt"))
 
 
 def crc32(values: np.ndarray) -> int:
@@ -270,17 +277,20 @@ class RunDir:
             w_crc = np.asarray(write_w(tmp / "W"), dtype=np.int64)
             crash_point("checkpoint-after-w", iteration)
             group.create_array("H", data=np.ascontiguousarray(H), compressors=None)
-            group.attrs.update({
-                "format_version": FORMAT_VERSION,
-                "iteration": iteration,
-                "loss_history": [float(x) for x in loss_history],
-                "w_crc32": [int(x) for x in w_crc],
-                "h_crc32": crc32(H),
-                "final_loss": final_loss,
-                "objective_history": None if objective_history is None
-                else [float(x) for x in objective_history],
-                "created": time.time(),
-            })  # fmt: skip
+            group.attrs.update(
+                {
+                    "format_version": FORMAT_VERSION,
+                    "iteration": iteration,
+                    "loss_history": [float(x) for x in loss_history],
+                    "w_crc32": [int(x) for x in w_crc],
+                    "h_crc32": crc32(H),
+                    "final_loss": final_loss,
+                    "objective_history": None
+                    if objective_history is None
+                    else [float(x) for x in objective_history],
+                    "created": time.time(),
+                }
+            )
             final = self.path / name
             if final.exists():  # the same iteration again after a resume: identical content
                 shutil.rmtree(final)
@@ -377,11 +387,26 @@ class RunDir:
             raise CheckpointError("no intact checkpoint: " + "; ".join(problems))
         return None
 
-    # -- metrics
+    # -- metrics and outputs
     @property
     def metrics_path(self) -> Path:
         """``metrics.jsonl``."""
         return self.path / METRICS
+
+    @property
+    def factor_paths(self) -> tuple[Path, Path]:
+        """``W.zarr`` and ``H.zarr``, written when the run finishes."""
+        return self.path / W_FILE, self.path / H_FILE
+
+    @property
+    def summary_path(self) -> Path:
+        """``summary.json``."""
+        return self.path / SUMMARY
+
+    @property
+    def loss_plot_path(self) -> Path:
+        """``loss.png``."""
+        return self.path / LOSS_PLOT
 
     def truncate_metrics(self, iteration: int) -> None:
         """Drop metric lines past ``iteration`` (they are redone after a resume)."""

@@ -1,4 +1,9 @@
-"""Per-block numerical kernels of bignmf (pure NumPy/SciPy; never imports dask or zarr).
+"""Per-block numerical kernels of bignmf: the NumPy/SciPy work done on one row block.
+
+This layer owns everything computed on a block in memory: the sparse–dense products, the
+solvers' updates of a factor, the pieces of the loss, and transform's per-block solves of W
+against a fixed H. It may import NumPy and SciPy only; it never imports dask, zarr or another
+bignmf layer (``store``, ``io``, ``fit``, ``cluster``...), which call it instead.
 
 Modules
 -------
@@ -14,6 +19,12 @@ loss
     β-divergence from reductions and per-block parts.
 solvers
     The per-solver contract used by the graph layer and the ``SOLVERS`` registry.
+transform
+    Per-block solves of W with H fixed (exact NNLS, W-only MU with per-row stopping) and the
+    per-row divergence, for :func:`bignmf.fit.transform.transform`.
+_util
+    Private helpers: constants (``EPSILON``), dtypes, scratch buffers and the row batching,
+    including the one loop over dense batches of ``(W_i·H)^p`` (``wh_power_batches``).
 """
 
 from __future__ import annotations

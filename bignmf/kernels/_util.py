@@ -84,3 +84,58 @@ def dense_row_batch(n_cols: int, max_elements: int) -> int:
     """Number of rows per batch so that a dense ``rows x n_cols`` temporary has at most
     ``max_elements`` elements (at least one row)."""
     return max(1, int(max_elements) // max(int(n_cols), 1))
+
+
+def wh_power_batches(
+    W_i: np.ndarray,
+    Ht: np.ndarray,
+    exponent: float,
+    *,
+    floor: bool = False,
+    dtype: np.dtype | None = None,
+    batch_elements: int = DEFAULT_BATCH_ELEMENTS,
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """Dense batches of rows of ``(W_i·H)^exponent``: the one loop over every entry of ``W_i·H``.
+
+    Parameters
+    ----------
+    W_i : ndarray, shape (m_i, k)
+    Ht : ndarray, shape (n, k)
+        ``Hᵀ``.
+    exponent : float
+        Power each entry is raised to (in place).
+    floor : bool, default False
+        Raise entries below ``EPSILON`` to ``EPSILON`` before the power.
+    dtype : numpy dtype, optional
+        Convert each product to this dtype before flooring and the power (e.g. float64 for
+        loss sums); default: the product's dtype.
+    batch_elements : int
+        Element budget of one batch (see :func:`dense_row_batch`).
+
+    Yields
+    ------
+    rows : slice
+        The batch's rows ``r0:r1`` of ``W_i``.
+    P : ndarray, shape (r1 - r0, n)
+        ``(max(W_i[rows] @ Ht.T, EPSILON if floor))^exponent``, a new array per batch that the
+        caller may overwrite.
+
+    Notes
+    -----
+    Batches are consecutive, in row order, of ``dense_row_batch(n, batch_elements)`` rows each
+    (the last may be shorter), so accumulations over them keep a fixed order. Memory: one or two
+    ``rows x n`` temporaries at a time; time O(m_i·n·k).
+    """
+    m = W_i.shape[0]
+    n = Ht.shape[0]
+    H = Ht.T
+    step = dense_row_batch(n, batch_elements)
+    for r0 in range(0, m, step):
+        rows = slice(r0, min(r0 + step, m))
+        P = W_i[rows] @ H
+        if dtype is not None:
+            P = np.asarray(P, dtype=dtype)
+        if floor:
+            P[P < EPSILON] = EPSILON
+        P **= exponent
+        yield rows, P

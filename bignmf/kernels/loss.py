@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bignmf.kernels._util import DEFAULT_BATCH_ELEMENTS, EPSILON, as_csr, dense_row_batch
+from bignmf.kernels._util import DEFAULT_BATCH_ELEMENTS, EPSILON, as_csr, wh_power_batches
 from bignmf.kernels.products import a_ht, gram, inner, sq_norm, wh_at_nonzeros
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "dense_part",
     "frobenius_loss",
     "frobenius_sq",
+    "kept_entries",
     "nonzero_part",
 ]
 
@@ -59,6 +60,36 @@ def frobenius_loss(norm_a_sq: float, cross: float, WtW: np.ndarray, HHt: np.ndar
     return 0.5 * frobenius_sq(norm_a_sq, cross, WtW, HHt)
 
 
+def kept_entries(a_data: np.ndarray, wh: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The stored entries scikit-learn's β ≠ 2 sums keep, as float64 pairs ``(x, wh)``.
+
+    Parameters
+    ----------
+    a_data : ndarray, shape (nnz,)
+        Stored values of A.
+    wh : ndarray, shape (nnz,)
+        ``W·H`` at those entries (not modified).
+
+    Returns
+    -------
+    keep : ndarray of bool, shape (nnz,)
+        ``a_data > EPSILON``.
+    x, y : ndarray, shape (n_kept,)
+        The kept values of A and of ``W·H`` (new float64 arrays), ``y`` floored at ``EPSILON``.
+
+    Notes
+    -----
+    Memory: the mask, float64 copies of the inputs when they are float32, and ``x``/``y``.
+    """
+    x = np.asarray(a_data, dtype=np.float64)
+    y = np.asarray(wh, dtype=np.float64)
+    keep = x > EPSILON
+    x = x[keep]
+    y = y[keep]
+    y[y < EPSILON] = EPSILON
+    return keep, x, y
+
+
 def nonzero_part(a_data: np.ndarray, wh: np.ndarray, beta: float) -> float:
     """Part of the divergence carried by A's stored entries (float64), for β ≠ 2.
 
@@ -87,12 +118,7 @@ def nonzero_part(a_data: np.ndarray, wh: np.ndarray, beta: float) -> float:
         raise ValueError("use frobenius_loss for beta_loss=2")
     total = 0.0
     for c0 in range(0, a_data.shape[0], _CHUNK):
-        x = np.asarray(a_data[c0 : c0 + _CHUNK], dtype=np.float64)
-        y = np.asarray(wh[c0 : c0 + _CHUNK], dtype=np.float64)
-        keep = x > EPSILON
-        x = x[keep]
-        y = y[keep]
-        y[y < EPSILON] = EPSILON
+        _, x, y = kept_entries(a_data[c0 : c0 + _CHUNK], wh[c0 : c0 + _CHUNK])
         if beta == 1:
             total += float(np.dot(x, np.log(x / y))) - float(x.sum())
         elif beta == 0:
@@ -137,11 +163,8 @@ def dense_part(
     if beta == 0:
         return -float(m) * float(n)
     total = 0.0
-    H = Ht.T
-    step = dense_row_batch(n, batch_elements)
-    for r0 in range(0, m, step):
-        P = np.asarray(W_i[r0 : r0 + step] @ H, dtype=np.float64)
-        total += float((P**beta).sum())
+    for _, P in wh_power_batches(W_i, Ht, beta, dtype=np.float64, batch_elements=batch_elements):
+        total += float(P.sum())
     return total / beta
 
 

@@ -26,7 +26,7 @@ from bignmf.kernels._util import (
     EPSILON,
     FLOAT64_EPS,
     as_csr,
-    dense_row_batch,
+    wh_power_batches,
 )
 from bignmf.kernels.products import a_ht, wh_at_nonzeros
 
@@ -200,18 +200,11 @@ def w_denominator(
         if H_sum is None:
             H_sum = Ht.sum(axis=0)
         return np.array(H_sum, dtype=dtype)[np.newaxis, :]
-    m, _ = W_i.shape
-    n = Ht.shape[0]
     out = np.empty(W_i.shape, dtype=dtype)
-    H = Ht.T
-    step = dense_row_batch(n, batch_elements)
-    for r0 in range(0, m, step):
-        r1 = min(r0 + step, m)
-        P = W_i[r0:r1] @ H
-        if beta - 1 < 0:
-            P[P < EPSILON] = EPSILON
-        P **= beta - 1
-        np.dot(P, Ht, out=out[r0:r1])
+    for rows, P in wh_power_batches(
+        W_i, Ht, beta - 1, floor=beta - 1 < 0, batch_elements=batch_elements
+    ):
+        np.dot(P, Ht, out=out[rows])
     return out
 
 
@@ -242,17 +235,10 @@ def accumulate_h_denominator_dense(
     Dense batches of rows of ``W_i·H`` of at most ``batch_elements`` elements, plus one
     ``n x k`` temporary per batch; time O(m_i·n·k).
     """
-    m = W_i.shape[0]
-    n = Ht.shape[0]
-    H = Ht.T
-    step = dense_row_batch(n, batch_elements)
-    for r0 in range(0, m, step):
-        r1 = min(r0 + step, m)
-        P = W_i[r0:r1] @ H
-        if beta - 1 < 0:
-            P[P < EPSILON] = EPSILON
-        P **= beta - 1
-        out += P.T @ W_i[r0:r1]
+    for rows, P in wh_power_batches(
+        W_i, Ht, beta - 1, floor=beta - 1 < 0, batch_elements=batch_elements
+    ):
+        out += P.T @ W_i[rows]
     return out
 
 

@@ -107,8 +107,9 @@ class MemoryMatrix:
     def fingerprint(self) -> dict:
         """Identity of the matrix, computed as for stores so the two compare."""
         indptr, data = self.matrix.indptr, self.matrix.data
-        return fingerprint(self.shape, self.nnz, self.dtype, lambda a, b: indptr[a:b],
-                           lambda a, b: data[a:b])  # fmt: skip
+        return fingerprint(
+            self.shape, self.nnz, self.dtype, lambda a, b: indptr[a:b], lambda a, b: data[a:b]
+        )
 
     def __dask_tokenize__(self) -> tuple:
         return ("bignmf-memory-matrix", id(self.matrix), self.shape, self.nnz)

@@ -1,0 +1,292 @@
+"""What a run is: the settings that fix its iterates and the options that may change.
+
+Two frozen objects, in the manner of cubed's ``Spec``: :class:`FitSettings` (what a run
+records and a resume must match: they fix every iterate) and :class:`RunOptions` (how far and
+where it runs: a resume may change them). ``run.json`` is their serialisation
+(:meth:`FitSettings.to_record`, :meth:`RunOptions.to_record`); a resume compares objects
+(:meth:`FitSettings.differences`). :func:`bignmf.nmf`, :class:`bignmf.NMF` and the CLI all
+build them through :meth:`FitSettings.build` and :class:`RunOptions`, so every check is made
+once, before anything is written.
+
+May import: :mod:`bignmf.registry`, :mod:`bignmf.errors` and NumPy; no Dask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from bignmf import registry
+from bignmf.errors import ParameterError
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """What fixes the iterates of a run: recorded in ``run.json``, matched on resume.
+
+    Attributes
+    ----------
+    n_components : int
+    solver : str
+        A name of :data:`bignmf.registry.SOLVERS`.
+    beta_loss : float
+        The β of the divergence (names resolved through :data:`bignmf.registry.BETA_LOSSES`).
+    init : str
+        A name of :data:`bignmf.registry.INITS`, ``None`` resolved as scikit-learn does.
+    seed : int or None
+        The random state of the initialisation (None when only compared on resume).
+    alpha_W, alpha_H, l1_ratio : float (alpha_H may be ``'same'``)
+    n_inner : int
+    dtype : str
+        The dtype of A's values, and so of W and H.
+    column_chunks : int
+        Column ranges of H (1: one fused pass per iteration).
+    """
+
+    n_components: int
+    solver: str
+    beta_loss: float
+    init: str
+    seed: int | None
+    alpha_W: float
+    alpha_H: float | str
+    l1_ratio: float
+    n_inner: int
+    dtype: str
+    column_chunks: int = 1
+
+    #: Used only before the first checkpoint, which a resume restores: never compared.
+    MAY_DIFFER: ClassVar[tuple[str, ...]] = ("seed", "init")
+
+    @classmethod
+    def build(
+        cls,
+        shape: tuple[int, int],
+        dtype: Any,
+        n_components: Any,
+        *,
+        solver: str = "hals",
+        beta_loss: float | str = "frobenius",
+        init: str | None = None,
+        seed: int | None = None,
+        alpha_W: float = 0.0,
+        alpha_H: float | str = "same",
+        l1_ratio: float = 0.0,
+        n_inner: int | None = None,
+        column_chunks: int = 1,
+    ) -> FitSettings:
+        """Check the user's values and resolve the defaults; :class:`ParameterError` names
+        the first that is wrong."""
+        try:
+            k = int(n_components)
+        except (TypeError, ValueError):
+            raise ParameterError(f"n_components must be an int, got {n_components!r}") from None
+        if k < 1:
+            raise ParameterError(f"n_components must be >= 1, got {n_components}")
+        registry.check("solver", solver)
+        init = default_init(init, k, shape)
+        registry.check("init", init)
+        if init.startswith("nndsvd") and k > min(shape):
+            # scikit-learn's words (_initialize_nmf); the SVD has only min(m, n) vectors and k
+            # is never lowered behind the user's back
+            raise ParameterError(
+                f"init = '{init}' can only be used when n_components <= min(n_samples, "
+                f"n_features) (n_components = {k}, n_samples = {shape[0]}, "
+                f"n_features = {shape[1]})"
+            )
+        return cls(
+            n_components=k,
+            solver=solver,
+            beta_loss=registry.beta_value(beta_loss),
+            init=init,
+            seed=seed,
+            alpha_W=float(alpha_W),
+            alpha_H=alpha_H if isinstance(alpha_H, str) else float(alpha_H),
+            l1_ratio=float(l1_ratio),
+            n_inner=int(n_inner or 1),
+            dtype=str(np.dtype(dtype)),
+            column_chunks=int(column_chunks),
+        )
+
+    def to_record(self) -> dict:
+        """The ``settings`` of ``run.json``."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict) -> FitSettings:
+        """Read back :meth:`to_record` (runs recorded before ``column_chunks`` had one pass)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in record.items() if key in names})
+
+    def differences(self, given: FitSettings) -> dict[str, tuple[Any, Any]]:
+        """``{name: (recorded, given)}`` for every compared setting that differs."""
+        mine, theirs = self.to_record(), given.to_record()
+        return {
+            name: (mine[name], theirs[name])
+            for name in mine
+            if name not in self.MAY_DIFFER and mine[name] != theirs[name]
+        }
+
+
+def default_init(init: str | None, k: int, shape: tuple[int, int]) -> str:
+    """scikit-learn's default: 'nndsvda' when ``k <= min(m, n)``, else 'random'."""
+    if init is not None:
+        return init
+    return "nndsvda" if k <= min(shape) else "random"
+
+
+def _at_least(bound: float, *, strict: bool = False, none: bool = False):
+    def ok(value) -> bool:
+        if value is None:
+            return none
+        return bool(np.isfinite(value)) and (value > bound if strict else value >= bound)
+
+    words = f"> {bound:g}" if strict else f">= {bound:g}"
+    return ok, words + (" or None" if none else "")
+
+
+def _power_of_two(value) -> bool:
+    return value >= 2 and value & (value - 1) == 0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How far, how often and where a run goes: what a resume may change.
+
+    The fields in :attr:`RECORDED` are written to ``run.json`` and are a resume's defaults;
+    the others (the scheduler, the task layout, where W's buffers go) belong to one session
+    of the run. A resume may change every field but :attr:`KEPT_ON_RESUME`.
+
+    Attributes
+    ----------
+    max_iter : int
+    tol : float
+    stopping : str
+        A name of :data:`bignmf.registry.STOPPING`.
+    w_storage : {'auto', 'memory', 'zarr'}
+    block_nnz : int or None
+        The row blocking of an in-memory input (a resume must block A the same way).
+    checkpoint_every : int or None
+    checkpoint_seconds : float or None
+    cache_a : int or None
+        Bytes of decoded blocks each process keeps (None: off).
+    scheduler : optional
+    n_tasks : int or None
+        None: 4 per scheduler thread.
+    split_every : int
+    workdir : path or None
+    """
+
+    max_iter: int = 200
+    tol: float = 1e-4
+    stopping: str = "relative"
+    w_storage: str = "auto"
+    block_nnz: int | None = None
+    checkpoint_every: int | None = 10
+    checkpoint_seconds: float | None = 600.0
+    cache_a: int | None = None
+    scheduler: Any = None
+    n_tasks: int | None = None
+    split_every: int = 8
+    workdir: Any = None
+
+    RECORDED: ClassVar[tuple[str, ...]] = (
+        "max_iter",
+        "tol",
+        "stopping",
+        "w_storage",
+        "block_nnz",
+        "checkpoint_every",
+        "checkpoint_seconds",
+        "cache_a",
+    )
+    #: How W is kept and A is blocked decide where the checkpoints' W goes: kept as recorded.
+    KEPT_ON_RESUME: ClassVar[tuple[str, ...]] = ("w_storage", "block_nnz")
+    _CHECKS: ClassVar[dict] = {
+        "max_iter": _at_least(0),
+        "tol": _at_least(0),
+        "n_tasks": _at_least(1, none=True),
+        "checkpoint_every": _at_least(1, none=True),
+        "checkpoint_seconds": _at_least(0, strict=True, none=True),
+    }
+
+    def __post_init__(self) -> None:
+        for name, kind in (("max_iter", int), ("tol", float)):
+            try:
+                object.__setattr__(self, name, kind(getattr(self, name)))
+            except (TypeError, ValueError):
+                raise ParameterError(
+                    f"{name} must be a number, got {getattr(self, name)!r}"
+                ) from None
+        for name, (ok, expected) in self._CHECKS.items():
+            if not ok(getattr(self, name)):
+                raise ParameterError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+        if not _power_of_two(self.split_every):
+            raise ParameterError(
+                f"split_every must be a power of two >= 2, got {self.split_every!r}"
+            )
+        registry.check("stopping", self.stopping)
+        registry.check("w_storage", self.w_storage)
+
+    @classmethod
+    def may_change(cls) -> tuple[str, ...]:
+        """The options a resume may be given."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name not in cls.KEPT_ON_RESUME)
+
+    def to_record(self) -> dict:
+        """The ``options`` of ``run.json``."""
+        return {name: getattr(self, name) for name in self.RECORDED}
+
+    @classmethod
+    def from_record(cls, record: dict, **overrides: Any) -> RunOptions:
+        """The recorded options, with ``overrides`` (None: keep the recorded value)."""
+        values = {name: record[name] for name in cls.RECORDED if name in record}
+        values.update({name: value for name, value in overrides.items() if value is not None})
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> RunOptions:
+        """A copy with ``changes`` (checked again)."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """``run.json``: a run's settings and options, the matrix it runs on and the versions that
+    computed it."""
+
+    settings: FitSettings
+    options: RunOptions
+    matrix: dict
+    versions: dict = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """What :meth:`bignmf.fit.rundir.RunDir.create` writes."""
+        return {
+            "settings": self.settings.to_record(),
+            "options": self.options.to_record(),
+            "matrix": self.matrix,
+            "versions": self.versions,
+        }
+
+    @classmethod
+    def from_json(cls, record: dict) -> RunRecord:
+        """Read back :meth:`to_json` (as :meth:`bignmf.fit.rundir.RunDir.record` returns it)."""
+        return cls(
+            FitSettings.from_record(record["settings"]),
+            RunOptions.from_record(record["options"]),
+            record["matrix"],
+            record.get("versions", {}),
+        )
+
+    @property
+    def store(self) -> tuple[str, str | None] | None:
+        """``(path, key)`` of the store the run reads; None for an in-memory matrix."""
+        if "path" not in self.matrix:
+            return None
+        return self.matrix["path"], self.matrix.get("key")
+
+
+__all__ = ["FitSettings", "RunOptions", "RunRecord", "default_init"]
