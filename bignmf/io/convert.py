@@ -61,7 +61,7 @@ def convert(
     files larger than RAM convert. Matrix Market files not sorted by row go through an external
     bucket sort whose temporary files are as large as the matrix.
     """
-    from bignmf.io.readers import open_source
+    from bignmf.io.registry import open_source
 
     options = {"slab_nnz": slab_nnz, "memory_nnz": memory_nnz}
     options = {name: value for name, value in options.items() if value is not None}

@@ -14,13 +14,46 @@ from bignmf.errors import InputError
 _SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def source_value_dtype(dtype: np.dtype, name: str | None = None) -> np.dtype:
+    """The dtype a source reports: real numbers keep theirs, bool and float16 become float32.
+
+    The one check of value dtypes: readers call it with the source's name (for the message),
+    :func:`value_dtype` on the way into the store.
+
+    Parameters
+    ----------
+    dtype : numpy.dtype
+        Dtype of the source's values.
+    name : str, optional
+        The source, named at the start of the error message.
+
+    Returns
+    -------
+    numpy.dtype
+
+    Raises
+    ------
+    InputError
+        For complex values and values that are not numbers.
+    """
+    dtype = np.dtype(dtype)
+    where = f"{name}: " if name else ""
+    if dtype.kind == "c":
+        raise InputError(f"{where}complex values ({dtype}) are not supported")
+    if dtype.kind not in "biuf":
+        raise InputError(f"{where}values of dtype {dtype} are not numbers")
+    if dtype.kind == "b" or dtype == np.float16:
+        return np.dtype(np.float32)
+    return dtype
+
+
 def value_dtype(source_dtype: np.dtype, requested: np.dtype | None = None) -> np.dtype:
     """The dtype values are stored in: float32/float64 kept, anything else stored as float32.
 
     Parameters
     ----------
     source_dtype : numpy.dtype
-        Dtype of the source's values.
+        Dtype of the source's values (checked by :func:`source_value_dtype`).
     requested : numpy.dtype, optional
         An explicit choice; must be float32 or float64.
 
@@ -33,11 +66,7 @@ def value_dtype(source_dtype: np.dtype, requested: np.dtype | None = None) -> np
         if dtype not in _SUPPORTED_DTYPES:
             raise InputError(f"dtype must be float32 or float64, not {dtype}")
         return dtype
-    dtype = np.dtype(source_dtype)
-    if dtype.kind == "c":
-        raise InputError(f"complex values ({dtype}) cannot be factorized")
-    if dtype.kind not in "biuf":
-        raise InputError(f"values of dtype {dtype} are not numbers")
+    dtype = source_value_dtype(source_dtype)
     return dtype if dtype in _SUPPORTED_DTYPES else np.dtype(np.float32)
 
 

@@ -18,18 +18,12 @@ import scipy.sparse as sp
 import zarr
 
 from bignmf import InputError
-from bignmf.io.readers import (
-    SUPPORTED_FORMATS,
-    from_anndata_zarr,
-    from_dask,
-    from_h5ad,
-    from_mtx,
-    from_npz,
-    from_numpy,
-    from_scipy,
-    from_zarr_dense,
-    open_source,
-)
+from bignmf.io.hdf5 import from_h5ad
+from bignmf.io.memory import from_dask, from_numpy, from_scipy
+from bignmf.io.mtx import from_mtx
+from bignmf.io.npz import from_npz
+from bignmf.io.registry import SUPPORTED_FORMATS, open_source
+from bignmf.io.zarr import from_anndata_zarr, from_zarr_dense
 from bignmf.types import Source
 
 # --------------------------------------------------------------------------- helpers
@@ -252,18 +246,18 @@ def test_from_npz_coo_shuffled_with_duplicates_and_ints(tmp_path, A):
 
 def test_from_npz_reads_piecewise(tmp_path, monkeypatch, A):
     """The data member is never read whole: at most slab-sized reads."""
-    import bignmf.io.readers as readers
+    import bignmf.io.npz as npz
 
     sp.save_npz(tmp_path / "a.npz", A)
     sizes = []
-    real = readers._NpyStream.read
+    real = npz._NpyStream.read
 
     def spy(self, count):
         if self.name.endswith("[data.npy]"):
             sizes.append(count)
         return real(self, count)
 
-    monkeypatch.setattr(readers._NpyStream, "read", spy)
+    monkeypatch.setattr(npz._NpyStream, "read", spy)
     assert_same(from_npz(tmp_path / "a.npz", slab_nnz=100), A)
     assert len(sizes) > 5
     assert max(sizes) < 200
@@ -502,17 +496,17 @@ def test_mtx_truncated_gzip(tmp_path, A):
 
 
 def test_mtx_is_parsed_in_pieces(tmp_path, monkeypatch, A):
-    import bignmf.io.readers as readers
+    import bignmf.io.mtx as mtx
 
     path = mmwrite(tmp_path / "a.mtx", A)
     sizes = []
-    real = readers._parse_chunk
+    real = mtx._parse_chunk
 
     def spy(buf, *args):
         sizes.append(len(buf))
         return real(buf, *args)
 
-    monkeypatch.setattr(readers, "_parse_chunk", spy)
+    monkeypatch.setattr(mtx, "_parse_chunk", spy)
     assert_same(from_mtx(path, chunk_bytes=4096), A)
     assert len(sizes) > 5
     assert max(sizes) <= 4096 + 50  # a chunk, plus the end of a line cut off by the previous one

@@ -361,7 +361,7 @@ def test_plan_cuts():
 MEMORY_SCRIPT = textwrap.dedent(
     """
     import sys
-    from bignmf.io.readers import from_mtx
+    from bignmf.io.mtx import from_mtx
 
     def status(field):  # kB, from the kernel's accounting of this process's memory
         with open("/proc/self/status") as fh:

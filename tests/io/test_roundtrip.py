@@ -15,7 +15,7 @@ import scipy.sparse as sp
 import zarr
 
 from bignmf import InputError, convert, open_matrix, write_matrix
-from bignmf.io.readers import open_source
+from bignmf.io.registry import open_source
 
 WRITE = {"chunk_size": 256, "block_nnz": 700}
 
