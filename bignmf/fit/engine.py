@@ -514,7 +514,8 @@ def finished(run_dir: str | os.PathLike, **overrides: Any) -> tuple[int, bool] |
     """
     run = RunDir(run_dir)
     record = RunRecord.from_json(run.record())
-    options = RunOptions.from_record(record.options.to_record(), **_parsed(overrides))
+    given = {name: value for name, value in overrides.items() if value is not None}
+    options = RunOptions.from_record(record.options.to_record(), **_parsed(given))
     checkpoint = run.newest()
     if checkpoint is None or record.store is None:
         return None

@@ -242,9 +242,10 @@ class RunOptions:
 
     @classmethod
     def from_record(cls, record: dict, **overrides: Any) -> RunOptions:
-        """The recorded options, with ``overrides`` (None: keep the recorded value)."""
+        """The recorded options, with ``overrides`` (as given: ``cache_a=None`` turns the
+        cache off)."""
         values = {name: record[name] for name in cls.RECORDED if name in record}
-        values.update({name: value for name, value in overrides.items() if value is not None})
+        values.update(overrides)
         return cls(**values)
 
     def replace(self, **changes: Any) -> RunOptions:
