@@ -27,6 +27,7 @@ from dask.sizeof import sizeof
 
 from bignmf.fit.reduction import PairwiseSum, aligned_groups, fold_stack, merge_stacks
 from bignmf.kernels.solvers import SolverParams, combine, get_solver, prepare_h
+from bignmf.store.blockcache import CachedMatrix
 from bignmf.store.factors import ZarrBlocks
 
 
@@ -125,6 +126,9 @@ _SCRATCH_MATRICES = 4
 
 
 def _scratch_key(matrix) -> Any:
+    if isinstance(matrix, CachedMatrix):
+        # the buffers are the store's: a cache (of any budget) over it shares them
+        matrix = matrix.store
     token = getattr(matrix, "__dask_tokenize__", None)
     if token is None:
         return None

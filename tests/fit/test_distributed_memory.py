@@ -178,7 +178,9 @@ def _fit_under_the_limit(tmp_path, n_rows: int, ratio: float, init: str, cache_a
         assert not trouble, (name, trouble)
     # Every worker stayed under the fraction of its limit at which distributed pauses it.
     for worker, peak in high_water.items():
-        assert peak >= sampler.peaks[worker] > 0
+        # VmHWM is updated lazily from per-thread RSS counters: it may trail a sample by a
+        # few pages (~60 KB seen under load), never by megabytes.
+        assert peak + MiB >= sampler.peaks[worker] > 0
         assert peak < pause * LIMIT, f"{names[worker]}: peak RSS {peak / MiB:.0f} MiB"
     # The same bits as the threaded scheduler (W read back from its Zarr blocks here, not
     # gathered through the workers).
