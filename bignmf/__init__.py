@@ -15,6 +15,7 @@ from bignmf.errors import (
     StoreFormatError,
     WorkersPausedError,
 )
+from bignmf.fit.callbacks import Callback
 from bignmf.fit.driver import IterationInfo
 from bignmf.fit.engine import NMFResult, nmf, resume
 from bignmf.io.convert import convert
@@ -39,6 +40,7 @@ __all__ = [
     "NMF",
     "BigNMFError",
     "CSRStore",
+    "Callback",
     "CheckpointError",
     "CheckpointWarning",
     "ClusterConfigError",

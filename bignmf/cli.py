@@ -238,12 +238,17 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     except BaseException:
         run.release(created)  # a failed start blocks no retry (a converted input is kept)
         raise
+    if args.plan_only:
+        run.release(created)  # only a conversion stays, for the fit that follows
+        print("\n".join(result.describe()))
+        return 0
     _finish(run_dir, result, time.perf_counter() - start, args.top)
     return 0
 
 
 def _fit_in(where, store, run_dir: Path, args: argparse.Namespace):
-    """``bignmf fit``'s call of :func:`bignmf.nmf` on the chosen scheduler."""
+    """``bignmf fit``'s call of :func:`bignmf.nmf` on the chosen scheduler (its memory plan
+    with ``--plan-only``)."""
     from bignmf.fit.engine import nmf
 
     with where as scheduler:
@@ -271,6 +276,7 @@ def _fit_in(where, store, run_dir: Path, args: argparse.Namespace):
             checkpoint_dir=run_dir,
             checkpoint_every=args.checkpoint_every,
             checkpoint_seconds=args.checkpoint_seconds,
+            plan_only=args.plan_only,
         )
 
 
@@ -742,6 +748,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="R",
         help="cut H into R column ranges, two passes per iteration (very wide "
         "matrices; default: only when H would not fit a task)",
+    )
+    p.add_argument(
+        "--plan-only",
+        action="store_true",
+        help="print the memory plan (row blocks, memory per task, column ranges, where W "
+        "lives, the cache of A, and why) and exit without fitting; -v prints it before a fit",
     )
     _add_run_options(p)
     p.set_defaults(func=_cmd_fit)

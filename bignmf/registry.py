@@ -3,7 +3,8 @@
 Each kind has one table, kept beside its implementation: solvers in
 :data:`bignmf.kernels.solvers.SOLVERS`, β-divergences in
 :data:`bignmf.kernels.solvers.BETA_NAMES`, initialisations in :data:`bignmf.fit.init.INITS`,
-stopping rules in :data:`bignmf.fit.driver.STOPPING`. This module is the one door to them:
+stopping rules in :data:`bignmf.fit.driver.STOPPING`, W's storage in
+:data:`bignmf.plan.W_STORAGE`. This module is the one door to them:
 the CLI's choices and help, the estimator's parameter constraints, the checks of
 :class:`~bignmf.fit.settings.FitSettings` and the error messages all come from here, so a name
 added to a table appears everywhere at once.
@@ -22,13 +23,6 @@ from bignmf.errors import ParameterError
 #: The estimator's solver names as scikit-learn spells them: 'cd' is HALS with one sweep per
 #: pass over A (scikit-learn's coordinate descent is exactly that update).
 ESTIMATOR_ALIASES = {"cd": ("hals", 1)}
-
-#: Where W lives between iterations (see :func:`bignmf.nmf`'s ``w_storage``).
-W_STORAGE = {
-    "auto": "in memory when it fits easily, on disk on a distributed scheduler",
-    "memory": "in the memory of the workers (persisted blocks)",
-    "zarr": "on disk, in Zarr buffers beside the run",
-}
 
 #: How a kind is named in messages.
 _LABELS = {"stopping": "stopping rule"}
@@ -50,6 +44,8 @@ def table(kind: str) -> Mapping[str, Any]:
 
         return INITS
     if kind == "w_storage":
+        from bignmf.plan import W_STORAGE
+
         return W_STORAGE
     if kind == "stopping":
         from bignmf.fit.driver import STOPPING
@@ -103,7 +99,6 @@ def estimator_solvers() -> dict[str, tuple[str, int | None]]:
 
 __all__ = [
     "ESTIMATOR_ALIASES",
-    "W_STORAGE",
     "beta_value",
     "check",
     "estimator_solvers",

@@ -121,6 +121,32 @@ def test_fit_converts_a_file_input_into_the_run(tmp_path, capsys):
     assert bignmf.open_matrix(tmp_path / "run" / "A.zarr").nnz == A.nnz
 
 
+def test_fit_plan_only_prints_the_plan_and_starts_no_run(tmp_path, capsys):
+    A = sp.random(300, 40, density=0.2, format="csr", random_state=4)
+    sp.save_npz(tmp_path / "a.npz", A)
+    out = tmp_path / "run"
+    options = ["-k", 3, "--out", out, "--scheduler", "threads", "--no-progress"]
+    status, printed, _ = run(capsys, "fit", tmp_path / "a.npz", *options, "--plan-only")
+    assert status == 0
+    lines = printed.splitlines()
+    assert lines[0] == f"matrix: 300 x 40, {A.nnz} nonzeros, k = 3, 8-byte values"
+    assert any(line.startswith("W: in memory") for line in lines)
+    assert lines[-1] == "cache of A: off (not requested)"
+    assert not (out / "run.json").exists()
+    assert sorted(p.name for p in out.iterdir()) == [".bignmf-fit.json", "A.zarr"]
+    # the fit that follows reuses the conversion; a store's plan leaves nothing at all
+    status, _, err = run(capsys, "fit", tmp_path / "a.npz", *options, "--max-iter", 3)
+    assert status == 0
+    assert "converted from" in err
+    elsewhere = tmp_path / "plan"
+    options = ["-k", 3, "--out", elsewhere, "--scheduler", "threads", "--cache-a", "auto"]
+    status, printed, _ = run(capsys, "fit", out / "A.zarr", *options, "--plan-only")
+    assert status == 0
+    assert "cache of A: " in printed
+    assert "per process (auto: a quarter of" in printed
+    assert not elsewhere.exists()
+
+
 def test_fit_on_a_scheduler_address_equals_threads(tmp_path, capsys, dask_cluster):
     A = sp.random(600, 50, density=0.1, format="csr", random_state=3)
     bignmf.convert(A, tmp_path / "a.zarr", block_rows=64)

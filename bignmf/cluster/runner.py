@@ -195,38 +195,15 @@ def scheduler_threads(scheduler: Any) -> int:
     return os.cpu_count() or 1
 
 
-def _worker_memory(scheduler: Any) -> list[tuple[int, int]]:
-    """``(memory limit, threads)`` of each worker of a distributed scheduler (no limit: RAM)."""
-    from bignmf.store.factors import machine_memory_bytes
-
+def worker_limits(scheduler: Any) -> list[tuple[int | None, int]] | None:
+    """``(memory limit, threads)`` of each worker of a distributed scheduler, as it reports
+    them (a limit may be None); None when no distributed scheduler runs the tasks. The rules
+    that read them are :mod:`bignmf.plan`'s."""
     client = client_of(scheduler)
     if client is None:
-        return []
+        return None
     workers = client.scheduler_info(n_workers=-1)["workers"].values()
-    ram = machine_memory_bytes()
-    return [(int(w.get("memory_limit") or ram), max(int(w.get("nthreads", 1)), 1)) for w in workers]
-
-
-def task_memory_bytes(scheduler: Any) -> int:
-    """Memory one task may use: the smallest worker memory limit per thread, or RAM per core.
-
-    Workers with no memory limit count as this machine's RAM shared by its threads.
-    """
-    from bignmf.store.factors import machine_memory_bytes
-
-    shares = [limit // threads for limit, threads in _worker_memory(scheduler)]
-    if shares:
-        return int(min(shares))
-    return machine_memory_bytes() // max(scheduler_threads(scheduler), 1)
-
-
-def process_memory_bytes(scheduler: Any) -> int:
-    """Memory of one process running tasks: the smallest worker memory limit, or this
-    machine's RAM when the tasks run here."""
-    from bignmf.store.factors import machine_memory_bytes
-
-    limits = [limit for limit, _ in _worker_memory(scheduler)]
-    return int(min(limits)) if limits else machine_memory_bytes()
+    return [(w.get("memory_limit") or None, int(w.get("nthreads", 1))) for w in workers]
 
 
 def _missing(paths: list[str]) -> list[str]:

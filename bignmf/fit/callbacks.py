@@ -1,7 +1,8 @@
 """Callbacks of the iteration loop: progress bar, logging, metrics file, checkpoints.
 
-Each has ``on_start(state, max_iter)``, ``on_iteration(state, info)`` and ``on_end(state)``
-(see :class:`bignmf.fit.driver.Callback`); none of them prints unless asked to.
+What the loop calls is :class:`Callback`: ``on_start(state, max_iter)``,
+``on_iteration(state, info)`` and ``on_end(state)``. Inherit from it for no-op hooks. None of
+the callbacks here prints unless asked to.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from bignmf.fit.driver import FitState, IterationInfo
 from bignmf.fit.rundir import RunDir
@@ -18,8 +19,11 @@ from bignmf.fit.rundir import RunDir
 logger = logging.getLogger("bignmf")
 
 
-class Base:
-    """No-op hooks to inherit from."""
+class Callback(Protocol):
+    """What the loop calls: ``on_start`` once, ``on_iteration`` after each, ``on_end`` once.
+
+    Any object with these three methods will do; a subclass inherits no-op ones.
+    """
 
     def on_start(self, state: FitState, max_iter: int) -> None:
         """Before the first iteration of this run (also after a resume)."""
@@ -31,7 +35,7 @@ class Base:
         """After the last iteration, when the run finished cleanly."""
 
 
-class FunctionCallback(Base):
+class FunctionCallback(Callback):
     """Calls ``function(info)`` after each iteration (the ``callback=`` of :func:`nmf`)."""
 
     def __init__(self, function: Callable[[IterationInfo], Any]):
@@ -42,7 +46,7 @@ class FunctionCallback(Base):
         self.function(info)
 
 
-class ProgressBar(Base):
+class ProgressBar(Callback):
     """A tqdm bar on stderr: iteration, loss, relative error, rate and ETA.
 
     Silent when stderr is not a terminal (``disable=None``), or when ``enabled`` is false.
@@ -75,7 +79,7 @@ class ProgressBar(Base):
             self.bar.close()
 
 
-class LogIterations(Base):
+class LogIterations(Callback):
     """One ``logging`` record per iteration on the ``bignmf`` logger (level INFO)."""
 
     def on_iteration(self, state: FitState, info: IterationInfo) -> None:
@@ -91,7 +95,7 @@ class LogIterations(Base):
         )
 
 
-class MetricsFile(Base):
+class MetricsFile(Callback):
     """Appends one JSON line per iteration to the run's ``metrics.jsonl``.
 
     Lines: ``{"iteration", "loss", "objective", "relative_error", "seconds", "time"}`` —
@@ -123,7 +127,7 @@ class MetricsFile(Base):
             file.write(json.dumps(record) + "\n")
 
 
-class Checkpointer(Base):
+class Checkpointer(Callback):
     """Commits a checkpoint every ``every`` iterations and/or ``seconds`` seconds, and at the end.
 
     Parameters

@@ -21,7 +21,6 @@ the same range products (:meth:`TwoPasses.product`, :meth:`TwoPasses.transposed`
 
 from __future__ import annotations
 
-import math
 import os
 import uuid
 from dataclasses import dataclass
@@ -32,10 +31,8 @@ import numpy as np
 from bignmf.fit.graph import WIO, Pass, block_pass
 from bignmf.kernels.products import a_ht, accumulate_at_w, gram
 from bignmf.kernels.solvers import get_solver
+from bignmf.plan import column_bounds
 from bignmf.store.factors import ZarrBlocks
-
-#: share of a worker thread's memory one task may use before the columns are cut into ranges
-TASK_MEMORY_FRACTION = 0.25
 
 
 @dataclass(frozen=True)
@@ -47,9 +44,7 @@ class ColumnRanges:
     @classmethod
     def split(cls, n: int, n_ranges: int) -> ColumnRanges:
         """``n_ranges`` ranges of (nearly) equal width over ``n`` columns."""
-        if not 1 <= n_ranges <= max(n, 1):
-            raise ValueError(f"column_chunks must be between 1 and n = {n}, got {n_ranges}")
-        return cls(tuple(int(b) for b in np.linspace(0, n, n_ranges + 1).round()))
+        return cls(column_bounds(n, n_ranges))
 
     @property
     def ranges(self) -> list[tuple[int, int]]:
@@ -58,44 +53,6 @@ class ColumnRanges:
 
     def __len__(self) -> int:
         return len(self.bounds) - 1
-
-
-def fused_task_bytes(n: int, k: int, itemsize: int, blocks_per_task: int) -> int:
-    """Memory one fused-pass task needs for H: Hᵀ, H·Hᵀ and its n×k partial sums.
-
-    H and Hᵀ (2), ``log2(blocks per task) + 1`` partial sums, and the copies a merge task makes
-    of two stacks' sums (2).
-    """
-    depth = math.ceil(math.log2(max(blocks_per_task, 1))) + 1
-    return (depth + 4) * n * k * itemsize
-
-
-def choose_column_chunks(
-    n: int, k: int, itemsize: int, blocks_per_task: int, task_memory: int
-) -> int:
-    """Fewest column ranges that keep a task's share of H within ``TASK_MEMORY_FRACTION``.
-
-    Parameters
-    ----------
-    n, k : int
-        Columns of A and rank.
-    itemsize : int
-        Bytes per value of the factors (A's dtype).
-    blocks_per_task : int
-        Row blocks per fused task.
-    task_memory : int
-        Bytes one task may use (a worker's memory limit divided by its threads).
-
-    Returns
-    -------
-    int
-        1 (the fused single pass) when H fits, else the number of column ranges.
-    """
-    need = fused_task_bytes(n, k, itemsize, blocks_per_task)
-    budget = TASK_MEMORY_FRACTION * task_memory
-    if need <= budget:
-        return 1
-    return min(max(2, math.ceil(need / budget)), n)
 
 
 def check_solver(solver: str, beta_loss: float) -> None:
@@ -196,8 +153,9 @@ class TwoPasses:
         for r, (c0, c1) in enumerate(self.ranges.ranges):
             X_r = runner.share(np.ascontiguousarray(X[c0:c1]), f"bignmf-range-{tag}-{r}")
             io = WIO(out, None if r == 0 else (r - 1) % 2, r % 2)
-            new, _ = block_pass(matrix, groups, _product_step, (c0, c1, X_r), None, io,
-                                split_every=split_every)  # fmt: skip
+            new, _ = block_pass(
+                matrix, groups, _product_step, (c0, c1, X_r), None, io, split_every=split_every
+            )
             runner.compute(*new)
         return WIO(out, (len(self.ranges) - 1) % 2, None)
 
@@ -206,8 +164,9 @@ class TwoPasses:
         (a list of dicts, in range order); ``W_i`` as ``w_groups``/``wio`` say."""
         parts = []
         for r, (c0, c1) in enumerate(self.ranges.ranges):
-            _, total = block_pass(matrix, groups, step, (c0, c1, r == 0), w_groups, wio,
-                                  split_every=split_every)  # fmt: skip
+            _, total = block_pass(
+                matrix, groups, step, (c0, c1, r == 0), w_groups, wio, split_every=split_every
+            )
             parts.extend(runner.compute(total))
         return parts
 
@@ -219,17 +178,24 @@ class TwoPasses:
         aht = self.product(runner, matrix, plan.groups, Ht, buffers, plan.split_every)
         parity = state.iteration % 2
         new_w, _ = block_pass(
-            matrix, plan.groups, _w_step, (aht, HHt, plan), state.w_groups,
-            WIO(state.w_store, parity, 1 - parity), reads_a=False, split_every=plan.split_every,
-        )  # fmt: skip
+            matrix,
+            plan.groups,
+            _w_step,
+            (aht, HHt, plan),
+            state.w_groups,
+            WIO(state.w_store, parity, 1 - parity),
+            reads_a=False,
+            split_every=plan.split_every,
+        )
         if state.w_store is None:
             state.w_groups = list(runner.persist(*new_w))
             new = WIO(None, 0, None)
         else:
             runner.compute(*new_w)
             new = WIO(state.w_store, 1 - parity, None)
-        parts = self.transposed(runner, matrix, plan.groups, _atw_step, state.w_groups, new,
-                                plan.split_every)  # fmt: skip
+        parts = self.transposed(
+            runner, matrix, plan.groups, _atw_step, state.w_groups, new, plan.split_every
+        )
         return self._assemble(parts, Ht)
 
     def _assemble(self, parts: list[dict], Ht: np.ndarray) -> dict:

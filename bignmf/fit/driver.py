@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -272,16 +272,6 @@ def _restore_step(A_i, W_i, i, source: ZarrBlocks, expected: np.ndarray, work):
     return None, block
 
 
-class Callback(Protocol):
-    """What the loop calls: ``on_start`` once, ``on_iteration`` after each, ``on_end`` once."""
-
-    def on_start(self, state: FitState, max_iter: int) -> None: ...
-
-    def on_iteration(self, state: FitState, info: IterationInfo) -> None: ...
-
-    def on_end(self, state: FitState) -> None: ...
-
-
 _PENALTIES = ("l1_W", "l2_W", "l1_H", "l2_H")
 
 #: Rounding alone moved the computed objective by at most 3.4·eps·S between iterations of
@@ -414,7 +404,8 @@ def run(
     tol : float
         Tolerance of the rule; 0 runs ``max_iter`` iterations.
     callbacks : list
-        Objects with ``on_start``, ``on_iteration``, ``on_end`` (see :class:`Callback`).
+        Objects with ``on_start``, ``on_iteration``, ``on_end``
+        (:class:`bignmf.fit.callbacks.Callback`).
     stopping : str
         A rule of :data:`STOPPING`, read on ``state.objective_history``: ``"relative"`` (every
         iteration, :func:`relative_decrease`) or ``"sklearn"`` (every 10,

@@ -8,6 +8,7 @@ only to the persisted results of iteration t-1, so lineage never grows.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tempfile
 from collections.abc import Callable
@@ -17,13 +18,8 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from bignmf.cluster.runner import (
-    Runner,
-    is_distributed,
-    process_memory_bytes,
-    scheduler_threads,
-    task_memory_bytes,
-)
+from bignmf import plan as memory_rules
+from bignmf.cluster.runner import Runner, scheduler_threads, worker_limits
 from bignmf.errors import ParameterError
 from bignmf.fit import columns
 from bignmf.fit.callbacks import (
@@ -41,8 +37,10 @@ from bignmf.fit.settings import FitSettings, RunOptions, RunRecord
 from bignmf.kernels.solvers import SolverParams, get_solver
 from bignmf.store import blockcache
 from bignmf.store.csr import CSRStore, open_matrix
-from bignmf.store.factors import ZarrBlocks, choose_storage
+from bignmf.store.factors import ZarrBlocks, machine_memory_bytes
 from bignmf.store.matrix import as_block_matrix
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -119,7 +117,8 @@ def nmf(
     checkpoint_every: int | None = 10,
     checkpoint_seconds: float | None = 600.0,
     resume: str | os.PathLike | None = None,
-) -> NMFResult:
+    plan_only: bool = False,
+) -> NMFResult | memory_rules.Plan:
     """Non-negative matrix factorization A ≈ W·H of a stored or in-memory sparse matrix.
 
     Parameters
@@ -196,8 +195,8 @@ def nmf(
     callback : callable, optional
         Called with an :class:`~bignmf.fit.driver.IterationInfo` after every iteration.
     callbacks : sequence, optional
-        Callback objects (:mod:`~bignmf.fit.callbacks`), with ``on_start``, ``on_iteration``
-        and ``on_end``.
+        Objects with ``on_start``, ``on_iteration`` and ``on_end``
+        (:class:`bignmf.Callback`; subclass it for no-op hooks).
     progress : bool
         Show a progress bar on stderr (only when it is a terminal).
     checkpoint_dir : path, optional
@@ -211,10 +210,15 @@ def nmf(
         settings that fix the iterates and the row blocking must be those it was started with;
         ``max_iter``, ``tol`` and ``stopping`` may differ. The result is bitwise equal to an
         uninterrupted run.
+    plan_only : bool
+        Check the parameters and return the memory plan (:class:`bignmf.plan.Plan`: how the
+        fit would be cut to fit its scheduler's memory, and why) without fitting or writing
+        anything.
 
     Returns
     -------
-    NMFResult
+    NMFResult or Plan
+        The result; the plan with ``plan_only``.
 
     Notes
     -----
@@ -253,16 +257,75 @@ def nmf(
         l1_ratio=l1_ratio,
         n_inner=n_inner,
     )
-    chunks = _column_chunks(column_chunks, matrix, settings, options, recorded)
-    settings = dataclasses.replace(settings, column_chunks=chunks)
+    if column_chunks is None and recorded is not None:
+        column_chunks = recorded.settings.column_chunks
+    options = _with_tasks(options)
+    memory = memory_plan(matrix, settings, options, column_chunks, resumed=recorded is not None)
+    settings = dataclasses.replace(settings, column_chunks=memory.column_chunks)
+    checked = _checked(matrix, settings, options, (W, H), resume)
+    if plan_only:
+        return memory
     observers = _callbacks(callback, callbacks, progress)
-    return _start(matrix, settings, options, observers, (W, H), checkpoint_dir, resume, recorded)
+    return _start(
+        matrix,
+        settings,
+        options,
+        memory,
+        checked,
+        observers,
+        (W, H),
+        checkpoint_dir,
+        resume,
+        recorded,
+    )
 
 
-def _start(matrix, settings, options, observers, initial, checkpoint_dir, resume, recorded):
-    """Check what is left to check, open the run directory, fit."""
-    if options.n_tasks is None:
-        options = options.replace(n_tasks=4 * scheduler_threads(options.scheduler))
+def _with_tasks(options: RunOptions) -> RunOptions:
+    """The options with the default number of tasks: four per thread of the scheduler."""
+    if options.n_tasks is not None:
+        return options
+    return options.replace(n_tasks=4 * scheduler_threads(options.scheduler))
+
+
+def memory_plan(
+    matrix, settings: FitSettings, options: RunOptions, column_chunks=None, resumed=False
+) -> memory_rules.Plan:
+    """The memory plan of this fit on its scheduler (:func:`bignmf.plan.make_plan`).
+
+    This asks the scheduler for its workers' memory limits and threads (or this machine for
+    its RAM and threads) and hands the numbers to the rules; ``column_chunks`` is a requested
+    (or, ``resumed``, recorded) count, None to let the rules choose.
+    """
+    scheduler = options.scheduler
+    (m, n), k = matrix.shape, settings.n_components
+    cache_a = options.cache_a if isinstance(matrix, CSRStore) else None
+    try:
+        made = memory_rules.make_plan(
+            m,
+            n,
+            matrix.nnz,
+            k,
+            matrix.dtype.itemsize,
+            matrix.row_offsets,
+            memory_rules.blocks_per_task(matrix.n_blocks, options.n_tasks),
+            workers=worker_limits(scheduler),
+            ram=machine_memory_bytes(),
+            threads=scheduler_threads(scheduler),
+            column_chunks=column_chunks,
+            w_storage=options.w_storage,
+            cache_a=cache_a,
+            beta_loss=settings.beta_loss,
+            init=settings.init,
+        )
+    except ValueError as error:
+        raise ParameterError(str(error)) from None
+    if resumed and column_chunks is not None:
+        made = dataclasses.replace(made, columns_why="as the resumed run recorded")
+    return made
+
+
+def _checked(matrix, settings, options, initial, resume) -> tuple[SolverParams, Pass]:
+    """The solver's parameters and the pass plan, once every setting left is checked."""
     if settings.column_chunks > 1:
         try:
             columns.check_solver(settings.solver, settings.beta_loss)
@@ -279,13 +342,23 @@ def _start(matrix, settings, options, observers, initial, checkpoint_dir, resume
             l1_ratio=settings.l1_ratio,
             n_inner=settings.n_inner,
         )
-        plan = Pass.plan(
+        passes = Pass.plan(
             matrix.n_blocks, options.n_tasks, settings.solver, params, options.split_every
         )
     except ValueError as error:
         raise ParameterError(str(error)) from None
     if settings.init == "custom" and resume is None:  # before anything is written
         check_custom(*initial, matrix.shape, settings.n_components, matrix.dtype)
+    return params, passes
+
+
+def _start(
+    matrix, settings, options, memory, checked, observers, initial, checkpoint_dir, resume, recorded
+):
+    """Open the run directory (a new run's, or the resumed one) and fit; ``checked`` is what
+    :func:`_checked` gave."""
+    for line in memory.describe():
+        logger.info("plan: %s", line)
     runner = Runner(options.scheduler)
     if resume is not None:
         run_dir = RunDir(resume)
@@ -301,8 +374,8 @@ def _start(matrix, settings, options, observers, initial, checkpoint_dir, resume
         matrix,
         settings,
         options,
-        params,
-        plan,
+        memory,
+        *checked,
         runner,
         run_dir,
         recorded is not None,
@@ -324,6 +397,7 @@ class _Job:
     matrix: Any
     settings: FitSettings
     options: RunOptions
+    memory: memory_rules.Plan
     params: SolverParams
     plan: Pass
     runner: Runner
@@ -356,18 +430,19 @@ def _fit(job: _Job) -> NMFResult:
     """Initialise (or restore the newest checkpoint) and iterate."""
     matrix, runner, run_dir = job.matrix, job.runner, job.run_dir
     settings, options = job.settings, job.options
-    (m, n), k, scheduler = matrix.shape, settings.n_components, runner.scheduler
+    n, k = matrix.shape[1], settings.n_components
     w_store = None
-    distributed = is_distributed(scheduler)
-    if choose_storage(m, k, matrix.dtype, options.w_storage, distributed) == "zarr":
+    if job.memory.w_storage == "zarr":
         w_buffers = _w_buffers(options.workdir, run_dir)
         w_store = ZarrBlocks(w_buffers, matrix.row_offsets, k, matrix.dtype)
         w_store.create()
-    if distributed:  # workers open the store and W's buffers by path: fail now, naming them
+    if (
+        job.memory.distributed
+    ):  # workers open the store and W's buffers by path: fail now, naming them
         runner.check_visible(
             [getattr(matrix, "path", None), w_store.path if w_store is not None else None]
         )
-    reads = blockcache.cached(matrix, options.cache_a, lambda: process_memory_bytes(scheduler))
+    reads = blockcache.cached(matrix, job.memory.cache_budget)
     solver = get_solver(settings.solver)
     H0 = np.zeros((k, n), matrix.dtype)
     state = FitState(reads, job.plan, runner, solver, job.params.beta_loss, None, w_store, H0)
@@ -407,30 +482,6 @@ def _w_buffers(workdir, run_dir: RunDir | None) -> str:
     root = os.path.abspath(workdir) if workdir is not None else tempfile.gettempdir()
     os.makedirs(root, exist_ok=True)
     return os.path.join(tempfile.mkdtemp(prefix="bignmf-", dir=root), WORK_W)
-
-
-def _column_chunks(requested, matrix, settings: FitSettings, options, recorded) -> int:
-    """The user's ``column_chunks``, the resumed run's, or the fewest that fit a task."""
-    n, k = matrix.shape[1], settings.n_components
-    if requested is not None:
-        try:
-            columns.ColumnRanges.split(n, int(requested))  # validates the range
-        except ValueError as error:
-            raise ParameterError(str(error)) from None
-        return int(requested)
-    if recorded is not None:
-        return recorded.settings.column_chunks
-    if settings.beta_loss != 2.0:
-        return 1
-    n_tasks = options.n_tasks or 4 * scheduler_threads(options.scheduler)
-    blocks_per_task = -(-matrix.n_blocks // n_tasks)
-    memory = task_memory_bytes(options.scheduler)
-    chunks = columns.choose_column_chunks(n, k, matrix.dtype.itemsize, blocks_per_task, memory)
-    if settings.init.startswith("nndsvd"):
-        # the randomized SVD's sketches are n × (k + 10), in float64, and cut like H
-        sketch = columns.choose_column_chunks(n, k + 10, 8, blocks_per_task, memory)
-        chunks = max(chunks, sketch)
-    return chunks
 
 
 def _check_resumable(run_dir: RunDir, recorded: RunRecord, matrix, settings) -> None:
@@ -577,7 +628,13 @@ def resume(run_dir: str | os.PathLike, *, A: Any = None, **overrides: Any) -> NM
     observers = _callbacks(
         given.get("callback"), given.get("callbacks", ()), given.get("progress", False)
     )
-    return _start(matrix, record.settings, options, observers, (None, None), None, run_dir, record)
+    options = _with_tasks(options)
+    settings = record.settings
+    memory = memory_plan(matrix, settings, options, settings.column_chunks, resumed=True)
+    checked = _checked(matrix, settings, options, (None, None), run_dir)
+    return _start(
+        matrix, settings, options, memory, checked, observers, (None, None), None, run_dir, record
+    )
 
 
 __all__ = ["NMFResult", "Runner", "nmf", "resume", "versions"]

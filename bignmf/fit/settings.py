@@ -8,7 +8,8 @@ where it runs: a resume may change them). ``run.json`` is their serialisation
 build them through :meth:`FitSettings.build` and :class:`RunOptions`, so every check is made
 once, before anything is written.
 
-May import: :mod:`bignmf.registry`, :mod:`bignmf.errors` and NumPy; no Dask.
+May import: :mod:`bignmf.registry`, :mod:`bignmf.plan`, :mod:`bignmf.errors` and NumPy; no
+Dask.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 
 from bignmf import registry
 from bignmf.errors import ParameterError
+from bignmf.plan import default_init
 
 
 @dataclass(frozen=True)
@@ -129,13 +131,6 @@ class FitSettings:
             for name in mine
             if name not in self.MAY_DIFFER and mine[name] != theirs[name]
         }
-
-
-def default_init(init: str | None, k: int, shape: tuple[int, int]) -> str:
-    """scikit-learn's default: 'nndsvda' when ``k <= min(m, n)``, else 'random'."""
-    if init is not None:
-        return init
-    return "nndsvda" if k <= min(shape) else "random"
 
 
 def _at_least(bound: float, *, strict: bool = False, none: bool = False):
@@ -290,4 +285,4 @@ class RunRecord:
         return self.matrix["path"], self.matrix.get("key")
 
 
-__all__ = ["FitSettings", "RunOptions", "RunRecord", "default_init"]
+__all__ = ["FitSettings", "RunOptions", "RunRecord"]

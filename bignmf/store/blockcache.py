@@ -21,7 +21,6 @@ from __future__ import annotations
 import sys
 import threading
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,8 +28,6 @@ import numpy as np
 import scipy.sparse as sp
 
 from bignmf.store.csr import CSRStore, _store_signature
-
-AUTO_FRACTION = 0.25  # cache_a='auto': this share of a worker's memory limit (or of RAM)
 
 
 @dataclass
@@ -213,8 +210,13 @@ def stats() -> dict[str, int]:
     (misses not kept, the budget being full), counted since the process started."""
     with _LOCK:
         blocks = sum(len(entries.blocks) for entries in _CACHE.values())
-        return {"bytes": _TOTALS["bytes"], "blocks": blocks, "hits": _TOTALS["hits"],
-                "misses": _TOTALS["misses"], "refused": _TOTALS["refused"]}  # fmt: skip
+        return {
+            "bytes": _TOTALS["bytes"],
+            "blocks": blocks,
+            "hits": _TOTALS["hits"],
+            "misses": _TOTALS["misses"],
+            "refused": _TOTALS["refused"],
+        }
 
 
 def parse_budget(value: Any) -> int | str | None:
@@ -240,25 +242,21 @@ def parse_budget(value: Any) -> int | str | None:
     return int(value) or None
 
 
-def cached(matrix: Any, budget: int | str | None, process_memory: Callable[[], int]) -> Any:
+def cached(matrix: Any, budget: int | None) -> Any:
     """``matrix`` reading through the cache, or ``matrix`` itself.
 
     Parameters
     ----------
     matrix : BlockMatrix
         Only stores are cached (a matrix in memory is already there).
-    budget : int, 'auto' or None
-        Bytes per process (see :func:`parse_budget`); ``'auto'`` is :data:`AUTO_FRACTION` of
-        ``process_memory``.
-    process_memory : callable
-        Returns the smallest worker's memory limit, or RAM, in bytes; asked only for
-        ``'auto'`` (on a cluster it is a round trip to the scheduler).
+    budget : int or None
+        Bytes per process, as the memory plan resolved them (:func:`bignmf.plan.cache_budget`:
+        ``'auto'`` is :data:`bignmf.plan.CACHE_AUTO_FRACTION` of the smallest worker's limit or
+        of RAM); None: no cache.
     """
     if budget is None or not isinstance(matrix, CSRStore):
         return matrix
-    if budget == "auto":
-        budget = int(AUTO_FRACTION * process_memory())
-    return CachedMatrix(matrix, int(budget))
+    return CachedMatrix(matrix, budget)
 
 
-__all__ = ["AUTO_FRACTION", "CachedMatrix", "cached", "drop", "has_room", "parse_budget", "stats"]
+__all__ = ["CachedMatrix", "cached", "drop", "has_room", "parse_budget", "stats"]

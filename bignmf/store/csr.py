@@ -37,9 +37,10 @@ import numpy as np
 import scipy.sparse as sp
 import zarr
 from zarr.buffer.cpu import NDBuffer
-from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
+from zarr.codecs import BloscCodec, ZstdCodec
 
 from bignmf.errors import InputError, StoreExistsError, StoreFormatError
+from bignmf.store.raw import DirectChunkReader
 from bignmf.store.validate import canonical_block, index_dtype, value_dtype
 from bignmf.types import Source
 
@@ -187,8 +188,13 @@ def fingerprint(shape, nnz: int, dtype, read_indptr, read_data, step: int = 1 <<
         sample = zlib.crc32(
             np.ascontiguousarray(values, dtype=f"<f{np.dtype(dtype).itemsize}"), sample
         )
-    return {"shape": [int(x) for x in shape], "nnz": int(nnz), "dtype": str(np.dtype(dtype)),
-            "indptr_crc32": crc, "data_sample_crc32": sample}  # fmt: skip
+    return {
+        "shape": [int(x) for x in shape],
+        "nnz": int(nnz),
+        "dtype": str(np.dtype(dtype)),
+        "indptr_crc32": crc,
+        "data_sample_crc32": sample,
+    }
 
 
 def _data_stats(values: np.ndarray) -> tuple[float, float]:
@@ -204,8 +210,11 @@ def _create_arrays(group: zarr.Group, dtype: np.dtype, idx: np.dtype, chunk: int
         )
 
     indptr_chunk = max(chunk // INDPTR_CHUNK_DIVISOR, 1024)
-    return (create("data", dtype, chunk), create("indices", idx, chunk),
-            create("indptr", np.int64, indptr_chunk))  # fmt: skip
+    return (
+        create("data", dtype, chunk),
+        create("indices", idx, chunk),
+        create("indptr", np.int64, indptr_chunk),
+    )
 
 
 def _slabs_in_blocks(
@@ -270,7 +279,7 @@ def write_matrix(
     Parameters
     ----------
     source : Source
-        The matrix as a stream of row slabs (see :func:`bignmf.io.readers.open_source`).
+        The matrix as a stream of row slabs (see :func:`bignmf.io.registry.open_source`).
     dst : path
         Directory of the new store. Must not exist unless ``overwrite`` is true.
     overwrite : bool, default False
@@ -395,74 +404,6 @@ def _read_into(array: zarr.Array, start: int, stop: int, out: np.ndarray | None)
     view = out[: stop - start]
     array.get_basic_selection(slice(start, stop), out=NDBuffer.from_numpy_array(view))
     return view
-
-
-class DirectChunkReader:
-    """Reads a range of a 1-D array by decoding its chunk files straight into the output.
-
-    zarr 3.1 decodes every chunk into a new buffer and copies it out, which measured 2-3x slower
-    than decoding in place (benchmarks/README.md). This path serves the arrays bignmf writes —
-    zarr v3, local directory, default chunk keys, little-endian bytes, blosc, zstd or no
-    compression — and :meth:`for_array` returns None for anything else, read through zarr.
-    """
-
-    def __init__(self, directory: Path, chunk: int, length: int, dtype: np.dtype, decoder):
-        self.directory = directory
-        self.chunk = chunk
-        self.length = length
-        self.dtype = dtype
-        self.decoder = decoder
-
-    @classmethod
-    def for_array(cls, array: zarr.Array) -> DirectChunkReader | None:
-        """A reader for ``array`` if its layout is one this class understands."""
-        import numcodecs
-
-        meta = array.metadata
-        root = getattr(array.store, "root", None)
-        if getattr(meta, "zarr_format", None) != 3 or root is None or array.ndim != 1:
-            return None
-        key = meta.chunk_key_encoding
-        if getattr(key, "name", None) != "default" or getattr(key, "separator", None) != "/":
-            return None
-        codecs = list(meta.codecs)
-        first = codecs.pop(0) if codecs else None
-        dtype = np.dtype(array.dtype)
-        if not isinstance(first, BytesCodec) or dtype.byteorder not in ("=", "<", "|"):
-            return None
-        if getattr(first.endian, "value", "little") != "little" or len(codecs) > 1:
-            return None
-        decoder = None
-        if codecs:
-            decoder = {BloscCodec: numcodecs.Blosc, ZstdCodec: numcodecs.Zstd}.get(type(codecs[0]))
-            if decoder is None:
-                return None
-            decoder = decoder()
-        directory = Path(root) / array.path
-        return cls(directory, int(array.chunks[0]), int(array.shape[0]), dtype, decoder)
-
-    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Elements ``start:stop``, into ``out`` (a view of its head) when given."""
-        out = np.empty(stop - start, self.dtype) if out is None else out[: stop - start]
-        scratch = None
-        for c in range(start // self.chunk, -(-stop // self.chunk)):
-            lo, hi = max(start, c * self.chunk), min(stop, (c + 1) * self.chunk)
-            target = out[lo - start : hi - start]
-            path = self.directory / "c" / str(c)
-            if not path.exists():  # never written: zarr's fill value
-                target[...] = 0
-            elif self.decoder is None:
-                with open(path, "rb", buffering=0) as f:
-                    f.seek((lo - c * self.chunk) * self.dtype.itemsize)
-                    f.readinto(memoryview(target).cast("B"))
-            elif hi - lo == self.chunk:
-                self.decoder.decode(path.read_bytes(), out=target)
-            else:
-                if scratch is None:
-                    scratch = np.empty(self.chunk, self.dtype)
-                self.decoder.decode(path.read_bytes(), out=scratch)
-                target[...] = scratch[lo - c * self.chunk : hi - c * self.chunk]
-        return out
 
 
 _OPENED: dict[tuple[str, str | None], tuple] = {}  # (path, key) -> (signature, handles)
@@ -605,8 +546,13 @@ class CSRStore:
 
     def fingerprint(self) -> dict:
         """Identity of the matrix (see :func:`fingerprint`), to match checkpoints to it."""
-        return fingerprint(self.shape, self.nnz, self.dtype, lambda a, b: self._read(2, a, b, None),
-                           lambda a, b: self._read(0, a, b, None))  # fmt: skip
+        return fingerprint(
+            self.shape,
+            self.nnz,
+            self.dtype,
+            lambda a, b: self._read(2, a, b, None),
+            lambda a, b: self._read(0, a, b, None),
+        )
 
     # -- reading
     def block_rows(self, i: int) -> tuple[int, int]:

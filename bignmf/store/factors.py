@@ -14,7 +14,8 @@ import os
 import numpy as np
 import zarr
 
-W_MEMORY_FRACTION = 0.25  # W kept in memory when it needs at most this share of RAM
+from bignmf import plan
+from bignmf.store import raw
 
 
 def machine_memory_bytes() -> int:
@@ -32,6 +33,9 @@ def choose_storage(
 ) -> str:
     """``'memory'`` or ``'zarr'``: an explicit request wins, else memory if W fits easily.
 
+    The rule is :func:`bignmf.plan.choose_w_storage`'s; this asks for this machine's RAM
+    (:func:`machine_memory_bytes`) where the rule needs it.
+
     Parameters
     ----------
     n_rows, k : int
@@ -41,26 +45,11 @@ def choose_storage(
     requested : {'auto', 'memory', 'zarr'}
         The user's choice.
     distributed : bool
-        Whether a distributed scheduler runs the tasks. There W lives on the (shared) store:
-        a distributed scheduler keeps the lineage of every persisted result, so W kept as
-        task results would make each iteration's graph depend on all the earlier ones, while
-        W on disk makes an iteration depend only on stored blocks (a lost worker's tasks are
-        rerun from them).
+        Whether a distributed scheduler runs the tasks (W then lives on the shared store).
     """
-    if requested not in ("auto", "memory", "zarr"):
-        raise ValueError(f"w_storage must be 'auto', 'memory' or 'zarr', not {requested!r}")
-    if distributed:
-        if requested == "memory":
-            raise ValueError(
-                "w_storage='memory' cannot be used on a distributed scheduler: it would keep "
-                "every iteration's lineage; use 'zarr' (the default there) with a workdir the "
-                "workers can reach"
-            )
-        return "zarr"
-    if requested != "auto":
-        return requested
-    need = n_rows * k * np.dtype(dtype).itemsize * 3  # W_t, W_t+1 and working copies
-    return "memory" if need <= W_MEMORY_FRACTION * machine_memory_bytes() else "zarr"
+    ram = machine_memory_bytes() if requested == "auto" and not distributed else None
+    itemsize = np.dtype(dtype).itemsize
+    return plan.choose_w_storage(n_rows, k, itemsize, ram, requested, distributed)[0]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -77,62 +66,19 @@ def _raw_chunk(
 ) -> tuple[str, tuple[int, ...], np.dtype, float] | None:
     """``(chunk file, shape, dtype, fill value)`` of a block array stored as one raw chunk.
 
-    The arrays :meth:`ZarrBlocks.create` makes — Zarr v3 on a local directory, one chunk per
-    block, only the little-endian ``bytes`` codec — hold each block as a plain file of its
-    C-ordered bytes, read and written here directly: through zarr's synchronous API, whose calls
-    all wait on one shared I/O thread, 40 MB of W cost ~0.2 thread-seconds per iteration on two
-    threads. Arrays laid out otherwise (``None``) go through zarr.
+    The arrays :meth:`ZarrBlocks.create` makes — one uncompressed chunk per block, in a layout
+    :func:`bignmf.store.raw.layout` reads exactly — hold each block as a plain file of its
+    C-ordered bytes, read and written directly (:func:`bignmf.store.raw.read_chunk`,
+    :func:`~bignmf.store.raw.write_chunk`): through zarr's synchronous API, whose calls all wait
+    on one shared I/O thread, 40 MB of W cost ~0.2 thread-seconds per iteration on two threads.
+    Arrays laid out otherwise (``None``) go through zarr.
     """
-    from zarr.codecs import BytesCodec
-
-    array = _open_block(path)
-    meta = array.metadata
-    root = getattr(array.store, "root", None)
-    codecs = list(getattr(meta, "codecs", ()))
-    if getattr(meta, "zarr_format", None) != 3 or root is None or array.nchunks != 1:
+    found = raw.layout(_open_block(path))
+    if found is None or found.decoder is not None or not found.one_chunk:
         return None
-    if np.dtype(array.dtype) != dtype or tuple(array.shape) != shape:
+    if found.dtype != dtype or found.shape != shape:
         return None
-    if len(codecs) != 1 or not isinstance(codecs[0], BytesCodec) or dtype.byteorder == ">":
-        return None
-    if dtype.itemsize > 1 and getattr(codecs[0].endian, "value", None) != "little":
-        return None
-    if tuple(array.chunks) != tuple(array.shape):
-        return None
-    chunk = os.path.join(str(root), array.path, meta.encode_chunk_key((0,) * array.ndim))
-    return chunk, tuple(array.shape), dtype, float(meta.fill_value)
-
-
-def _read_raw(chunk: str, shape: tuple[int, ...], dtype: np.dtype, fill: float) -> np.ndarray:
-    out = np.empty(shape, dtype)
-    try:
-        f = open(chunk, "rb", buffering=0)  # noqa: SIM115
-    except FileNotFoundError:  # never written (or all fill values): zarr's fill value
-        out[...] = fill
-        return out
-    with f:
-        got = f.readinto(memoryview(out).cast("B")) if out.nbytes else 0
-        if got != out.nbytes or f.read(1):
-            raise ValueError(f"{chunk}: {got} or more bytes, the block has {out.nbytes}")
-    return out
-
-
-def _write_raw(chunk: str, shape: tuple[int, ...], dtype: np.dtype, values: np.ndarray) -> None:
-    values = np.ascontiguousarray(np.broadcast_to(values, shape), dtype=dtype)
-    if not values.nbytes:
-        return
-    try:
-        fd = os.open(chunk, os.O_WRONLY | os.O_CREAT, 0o666)
-    except FileNotFoundError:
-        os.makedirs(os.path.dirname(chunk), exist_ok=True)
-        fd = os.open(chunk, os.O_WRONLY | os.O_CREAT, 0o666)
-    try:  # in place: a rerun task rewrites the same bytes, and no one reads this buffer now
-        view, done = memoryview(values).cast("B"), 0
-        while done < len(view):
-            done += os.write(fd, view[done:])
-        os.ftruncate(fd, done)
-    finally:
-        os.close(fd)
+    return found.chunk_file((0,) * len(shape)), found.shape, dtype, float(found.fill_value)
 
 
 class ZarrBlocks:
@@ -169,9 +115,14 @@ class ZarrBlocks:
             group = root.require_group(buffer)
             for i, rows in enumerate(sizes):
                 group.create_array(
-                    str(i), shape=(int(rows), self.k), chunks=(max(int(rows), 1), self.k),
-                    dtype=self.dtype, compressors=None, fill_value=0.0, overwrite=True,
-                )  # fmt: skip
+                    str(i),
+                    shape=(int(rows), self.k),
+                    chunks=(max(int(rows), 1), self.k),
+                    dtype=self.dtype,
+                    compressors=None,
+                    fill_value=0.0,
+                    overwrite=True,
+                )
         return self
 
     def _path(self, buffer: int, i: int) -> str:
@@ -186,18 +137,18 @@ class ZarrBlocks:
 
     def read(self, buffer: int, i: int) -> np.ndarray:
         """Block ``i`` of W from ``buffer`` (a new array)."""
-        raw = self._raw(buffer, i)
-        if raw is None:
+        found = self._raw(buffer, i)
+        if found is None:
             return self._array(buffer, i)[...]
-        return _read_raw(*raw)
+        return raw.read_chunk(*found)
 
     def write(self, buffer: int, i: int, values: np.ndarray) -> None:
         """Write block ``i`` of W into ``buffer``."""
-        raw = self._raw(buffer, i)
-        if raw is None:
+        found = self._raw(buffer, i)
+        if found is None:
             self._array(buffer, i)[...] = values
         else:
-            _write_raw(*raw[:3], values)
+            raw.write_chunk(*found[:3], values)
 
     def to_dask(self, buffer: int):
         """W from ``buffer`` as a lazy Dask array, one chunk per row block."""

@@ -10,9 +10,10 @@ import pytest
 import scipy.sparse as sp
 
 import bignmf.fit.engine
-from bignmf.fit.columns import ColumnRanges, choose_column_chunks, fused_task_bytes
+from bignmf.fit.columns import ColumnRanges
 from bignmf.fit.engine import nmf, resume
 from bignmf.fit.rundir import CheckpointError
+from bignmf.plan import choose_column_chunks, fused_task_bytes
 from tests.conftest import LocalProcessCluster
 from tests.fit.test_engine import K, _same_bits, sklearn_fit, store_of, text_like
 
@@ -79,18 +80,24 @@ def test_other_losses_refuse_column_ranges():
         _fit(A, solver="mu", beta_loss="kullback-leibler", column_chunks=2)
 
 
+def _task_memory(monkeypatch, share: int) -> None:
+    """Make this machine's RAM ``share`` bytes per thread of the local scheduler."""
+    threads = bignmf.fit.engine.scheduler_threads(None)
+    monkeypatch.setattr(bignmf.fit.engine, "machine_memory_bytes", lambda: share * threads)
+
+
 def test_chosen_automatically_recorded_and_kept_on_resume(tmp_path, monkeypatch):
     A, _, _ = text_like(m=300, n=400, seed=5)
     store = store_of(A, tmp_path / "a.zarr", block_rows=40)
     # a worker thread whose task share (a quarter) holds one n×k float64 array
-    monkeypatch.setattr(bignmf.fit.engine, "task_memory_bytes", lambda scheduler: 4 * 400 * K * 8)
+    _task_memory(monkeypatch, 4 * 400 * K * 8)
     run = tmp_path / "run"
     first = _fit(store, max_iter=6, checkpoint_dir=run, checkpoint_every=3)
     chunks = json.loads((run / "run.json").read_text())["settings"]["column_chunks"]
     assert 4 <= chunks <= 10
     whole = _fit(store, max_iter=10, column_chunks=chunks)
     np.testing.assert_array_equal(first.H, _fit(store, max_iter=6, column_chunks=chunks).H)
-    monkeypatch.setattr(bignmf.fit.engine, "task_memory_bytes", lambda scheduler: 2**40)
+    _task_memory(monkeypatch, 2**40)
     resumed = resume(run, max_iter=10)  # plenty of memory now: the recorded ranges still hold
     _same_bits(resumed, whole)
     with pytest.raises(TypeError, match="cannot change \\['column_chunks'\\]"):
@@ -148,9 +155,7 @@ def test_nndsvd_over_column_ranges_matches_sklearn(tmp_path, w_storage):
 def test_the_nndsvd_sketch_counts_in_the_automatic_choice(tmp_path, monkeypatch):
     A, _, _ = text_like(m=300, n=400, seed=5)
     # room for H's share (k = 4 float64 columns) but not for the sketch's (k + 10 columns)
-    monkeypatch.setattr(
-        bignmf.fit.engine, "task_memory_bytes", lambda scheduler: 4 * 400 * 8 * 8 * 6
-    )
+    _task_memory(monkeypatch, 4 * 400 * 8 * 8 * 6)
     chosen = {}
     for init in ("random", "nndsvda"):
         nmf(A, K, init=init, max_iter=1, checkpoint_dir=tmp_path / init, block_nnz=2000)

@@ -35,6 +35,7 @@ import pytest
 from distributed import Client
 
 import bignmf
+from bignmf import plan
 from bignmf.datasets.synthetic import make_planted
 from bignmf.store import blockcache
 from tests.conftest import LocalProcessCluster, _dask_cli
@@ -162,7 +163,7 @@ def _fit_under_the_limit(tmp_path, n_rows: int, ratio: float, init: str, cache_a
         # Each worker may keep a quarter of its limit, but only below distributed's spill
         # and pause thresholds: here that leaves little or no room, and keeping the quarter
         # anyway paused both workers and hung the fit (the first version of the cache).
-        assert max(s["bytes"] for s in held) <= blockcache.AUTO_FRACTION * LIMIT
+        assert max(s["bytes"] for s in held) <= plan.CACHE_AUTO_FRACTION * LIMIT
         assert held[-1]["refused"] > 0
     # No worker was lost, replaced or restarted: same addresses, names and processes.
     assert after == before

@@ -297,3 +297,40 @@ def test_a_local_fit_leaves_distributed_config_intact():
         "dask.config.get('distributed.comm.require-encryption')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_plan_only_returns_the_plan_and_writes_nothing(tmp_path):
+    from bignmf.plan import Plan
+
+    A, _, _ = text_like(seed=14)
+    store = store_of(A, tmp_path / "a.zarr", block_rows=60)
+    run_dir = tmp_path / "run"
+    options = {"scheduler": "threads", "checkpoint_dir": run_dir, "n_tasks": 2}
+    memory = nmf(store, K, plan_only=True, cache_a="auto", **options)
+    assert isinstance(memory, Plan)
+    assert (memory.shape, memory.nnz, memory.k) == (A.shape, A.nnz, K)
+    assert (memory.n_blocks, memory.blocks_per_task) == (4, 2)
+    assert memory.w_storage == "memory"
+    assert memory.cache_budget > 0  # a quarter of this machine's RAM
+    assert not run_dir.exists()
+    assert memory.describe()[0] == f"matrix: 240 x 90, {A.nnz} nonzeros, k = 4, 8-byte values"
+
+
+def test_plan_only_still_checks_the_parameters(tmp_path):
+    from bignmf.errors import ParameterError
+
+    A, _, _ = text_like(seed=15)
+    with pytest.raises(ParameterError, match="column"):
+        nmf(A, K, beta_loss="kullback-leibler", column_chunks=2, plan_only=True)
+    with pytest.raises(ParameterError):
+        nmf(A, K, alpha_W=-1.0, plan_only=True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_fit_logs_the_plan_it_follows(caplog):
+    A, _, _ = text_like(seed=16)
+    with caplog.at_level("INFO", logger="bignmf.fit.engine"):
+        nmf(A, K, max_iter=2, tol=0, scheduler="sync", w_storage="zarr")
+    plan_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("plan: ")]
+    assert plan_lines[0] == f"plan: matrix: 240 x 90, {A.nnz} nonzeros, k = 4, 8-byte values"
+    assert "plan: W: Zarr on disk (requested)" in plan_lines

@@ -21,7 +21,7 @@ from sklearn.exceptions import ConvergenceWarning
 import bignmf
 from bignmf import write_matrix
 from bignmf.errors import ObjectiveIncreaseWarning, ParameterError
-from bignmf.fit.callbacks import Base
+from bignmf.fit.callbacks import Callback
 from bignmf.fit.driver import STOPPING, relative_decrease, sklearn_decrease
 from bignmf.fit.outputs import read_metrics
 from bignmf.fit.rundir import CheckpointError, CheckpointWarning, RunDir
@@ -64,7 +64,7 @@ def dense_objective(X, W, H, reg):
     )
 
 
-class Iterates(Base):
+class Iterates(Callback):
     """Records ``(W_t, H_{t-1})`` after every iteration: the iterate its objective is of."""
 
     def __init__(self, H0):
@@ -417,7 +417,7 @@ def test_convergence_warning_exactly_when_max_iter_comes_first():
         bignmf.NMF(6, max_iter=stops - 1, **fixed).fit(X, W=W0, H=H0)
 
 
-class Spoil(Base):
+class Spoil(Callback):
     """Replaces H by a bad one after the given iterations: the next objective rises."""
 
     def __init__(self, after):

@@ -56,11 +56,11 @@ def test_a_workers_ceiling_is_its_lowest_memory_threshold(dask_client):
 
 def test_only_stores_are_cached(store):
     memory = bignmf.store.matrix.MemoryMatrix(store.to_scipy())
-    assert blockcache.cached(memory, 10**9, lambda: 2**30) is memory
-    assert blockcache.cached(store, None, lambda: 2**30) is store
-    auto = blockcache.cached(store, "auto", lambda: 4000)
-    assert isinstance(auto, CachedMatrix)
-    assert auto.budget == 1000
+    assert blockcache.cached(memory, 10**9) is memory
+    assert blockcache.cached(store, None) is store
+    kept = blockcache.cached(store, 1000)
+    assert isinstance(kept, CachedMatrix)
+    assert kept.budget == 1000
 
 
 @pytest.mark.parametrize("scheduler", ["sync", "threads"])
