@@ -1,5 +1,6 @@
 """Data to try bignmf on, made on this machine: planted low-rank matrices with known factors
-(:mod:`.synthetic`) and a real text corpus from the installed docstrings (:mod:`.corpus`).
+(:mod:`.synthetic`), planted ratings with most entries unknown and a held-out split
+(:mod:`.ratings`), and a real text corpus from the installed docstrings (:mod:`.corpus`).
 
 May import: :mod:`bignmf.store`, :mod:`bignmf.io`, :mod:`bignmf.errors`, :mod:`bignmf.types`.
 """
@@ -14,19 +15,43 @@ from bignmf.datasets.corpus import (
     tokenize,
     vocabulary_path,
 )
+from bignmf.datasets.ratings import (
+    RATING_BLOCK_ROWS,
+    RatingFactors,
+    RatingsDataset,
+    RatingsSpec,
+    RatingTriples,
+    held_out_ratings,
+    is_held_out,
+    make_ratings,
+    ratings_factors,
+    ratings_source,
+    write_held_out_mtx,
+)
 from bignmf.datasets.synthetic import PlantedFactors, make_planted, planted_factors, planted_source
 
 __all__ = [
+    "RATING_BLOCK_ROWS",
     "SLAB_DOCUMENTS",
     "STOP_WORDS",
     "PlantedFactors",
+    "RatingFactors",
+    "RatingTriples",
+    "RatingsDataset",
+    "RatingsSpec",
     "docstring_corpus",
     "docstring_documents",
+    "held_out_ratings",
+    "is_held_out",
     "load_vocabulary",
     "make_planted",
+    "make_ratings",
     "planted_factors",
     "planted_source",
+    "ratings_factors",
+    "ratings_source",
     "titles_path",
     "tokenize",
     "vocabulary_path",
+    "write_held_out_mtx",
 ]

@@ -43,6 +43,8 @@ __all__ = [
     "make_planted",
     "planted_factors",
     "planted_source",
+    "power_law_masses",
+    "power_law_ranks",
 ]
 
 #: Rows per generation block. Part of the definition of the matrix: changing it changes the
@@ -121,7 +123,7 @@ class PlantedFactors:
 # --------------------------------------------------------------------------------------------
 
 
-def _power_law_masses(n: int, exponent: float) -> np.ndarray:
+def power_law_masses(n: int, exponent: float) -> np.ndarray:
     """Probabilities of ranks ``1..n`` under the discretised power law of exponent ``exponent``."""
     g = 1.0 - exponent
     r = np.arange(1, n + 1, dtype=np.float64)
@@ -130,7 +132,7 @@ def _power_law_masses(n: int, exponent: float) -> np.ndarray:
     return r**g * np.expm1(g * np.log1p(1.0 / r)) / np.expm1(g * np.log(n + 1.0))
 
 
-def _power_law_ranks(u: np.ndarray, n: int, exponent: float) -> np.ndarray:
+def power_law_ranks(u: np.ndarray, n: int, exponent: float) -> np.ndarray:
     """Zero-based ranks in ``[0, n)`` drawn by inverting the power-law CDF at uniforms ``u``."""
     g = 1.0 - exponent
     log_top = np.log(n + 1.0)
@@ -203,7 +205,7 @@ def _draw_topics(seed: int, n_cols: int, n_components: int, m: int):
 def _popularity(model: _Model) -> np.ndarray:
     """Global popularity of each column (a distribution over the columns)."""
     pop = np.empty(model.n_cols)
-    pop[model.column_order] = _power_law_masses(model.n_cols, model.zipf_exponent)
+    pop[model.column_order] = power_law_masses(model.n_cols, model.zipf_exponent)
     return pop
 
 
@@ -218,7 +220,7 @@ def _pilot_probabilities(model: _Model) -> tuple[np.ndarray, np.ndarray]:
     base = (1.0 - b) * _popularity(model)
     boosted, where = np.unique(model.topic_columns, return_inverse=True)
     placed = np.zeros((k, boosted.size))
-    placed[np.repeat(np.arange(k), m), where.ravel()] = _power_law_masses(m, model.zipf_exponent)[
+    placed[np.repeat(np.arange(k), m), where.ravel()] = power_law_masses(m, model.zipf_exponent)[
         np.tile(np.arange(m), k)
     ]
     n_pilots = int(np.clip(_PILOT_ELEMENTS // boosted.size, 16, 1024))
@@ -365,11 +367,11 @@ def _draw_token_columns(rng: np.random.Generator, topics: np.ndarray, model: _Mo
     columns = np.empty(topics.size, dtype=np.int64)
     m = model.topic_columns.shape[1]
     if b > 0:
-        ranks = _power_law_ranks(u[boosted] / b, m, model.zipf_exponent)
+        ranks = power_law_ranks(u[boosted] / b, m, model.zipf_exponent)
         columns[boosted] = model.topic_columns[topics[boosted], ranks]
     if b < 1:
         rest = ~boosted
-        ranks = _power_law_ranks((u[rest] - b) / (1.0 - b), model.n_cols, model.zipf_exponent)
+        ranks = power_law_ranks((u[rest] - b) / (1.0 - b), model.n_cols, model.zipf_exponent)
         columns[rest] = model.column_order[ranks]
     return columns
 
@@ -453,7 +455,7 @@ def _w_rows(model: _Model, start: int, stop: int) -> np.ndarray:
 def _topic_matrix(model: _Model) -> np.ndarray:
     """The true ``H``: each row is a topic's distribution over the columns."""
     k, m = model.topic_columns.shape
-    boost = _power_law_masses(m, model.zipf_exponent)
+    boost = power_law_masses(m, model.zipf_exponent)
     h = np.tile((1.0 - model.topic_weight) * _popularity(model), (k, 1))
     for t in range(k):
         h[t, model.topic_columns[t]] += model.topic_weight * boost
