@@ -1,5 +1,5 @@
-"""Command-line interface: ``bignmf fit``, ``resume``, ``top-features``, ``convert``, ``info``,
-``generate``.
+"""Command-line interface: ``bignmf fit``, ``resume``, ``transform``, ``score``,
+``top-features``, ``convert``, ``info``, ``generate``, ``demo``.
 
 No algorithm lives here: each command parses its options and calls the library.
 """
@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -194,9 +195,10 @@ def _finish(run_dir: Path, result, seconds: float, n_top: int) -> None:
         )
     state = "converged" if result.converged else "stopped at max_iter"
     rel = out.relative_error
+    over = " on the stored entries" if _record(run_dir).settings.missing else ""
     print(
         f"{result.n_iter} iterations ({state}) in {seconds:.1f}s; "
-        f"reconstruction error {result.reconstruction_err:.6g}"
+        f"reconstruction error{over} {result.reconstruction_err:.6g}"
         + (f" (relative {rel:.4f})" if rel is not None else "")
     )
     print(f"W: {out.W}  H: {out.H}  metrics: {out.metrics}")
@@ -266,6 +268,7 @@ def _fit_in(where, store, run_dir: Path, args: argparse.Namespace):
             alpha_H=args.alpha_H,
             l1_ratio=args.l1_ratio,
             n_inner=args.n_inner,
+            missing=args.missing,
             w_storage=args.w_storage,
             block_nnz=args.block_nnz,
             column_chunks=args.column_chunks,
@@ -369,6 +372,23 @@ def _finished_h(run_dir):
             "finishes it)"
         )
     return H
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    import zarr
+
+    from bignmf.fit.predict import score
+    from bignmf.fit.rundir import RunDir
+    from bignmf.io.registry import open_source
+
+    H = _finished_h(args.run_dir)
+    W = zarr.open_array(RunDir(args.run_dir).factor_paths[0], mode="r")  # read by row slabs
+    result = score(W, H, open_source(str(_existing(args.test)), key=args.key))
+    if args.json:
+        print(json.dumps(result._asdict()))
+    else:
+        print(result.describe())
+    return 0
 
 
 def _cmd_top_features(args: argparse.Namespace) -> int:
@@ -730,6 +750,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--l1-ratio", type=RATIO, default=0.0, help="L1 share of the regularisation, in [0, 1]"
     )
     p.add_argument("--n-inner", type=POSITIVE, help="HALS sweeps per pass over A (default: 1)")
+    p.add_argument(
+        "--missing",
+        choices=registry.names("missing"),
+        help="which entries are unknown rather than zero (default: none) — "
+        + registry.help_text("missing")
+        + " (ratings; solvers hals and mu, Frobenius loss)",
+    )
     p.add_argument("--key", help="matrix inside an AnnData store (default: X)")
     p.add_argument(
         "--block-nnz",
@@ -786,6 +813,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="workers of an embedded LocalCluster (default: one per core)",
     )
     p.set_defaults(func=_cmd_transform)
+
+    p = command("score", "RMSE and MAE of a finished run's W·H on held-out entries")
+    p.add_argument("run_dir", help="the run directory (finished: it holds W.zarr and H.zarr)")
+    p.add_argument(
+        "test",
+        help="the held-out entries: a .mtx of (row, column, value) triples, or any matrix "
+        "`bignmf convert` reads, of the run's shape (its stored entries are scored)",
+    )
+    p.add_argument("--key", help="matrix inside an AnnData store (default: X)")
+    p.add_argument("--json", action="store_true", help="print the scores as JSON")
+    p.set_defaults(func=_cmd_score)
 
     p = command("top-features", "print each component's top features")
     p.add_argument("run_dir", help="the run directory")
@@ -848,6 +886,15 @@ USER_ERRORS = (
 )
 
 
+def _print_warnings(prog: str) -> None:
+    """Show warnings as one line each, like errors, rather than with the code that warned."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{prog}: warning: {message}", file=sys.stderr if file is None else file)
+
+    warnings.showwarning = show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bignmf`` command; returns the exit status."""
     args = None
@@ -856,7 +903,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         handler: Callable[[argparse.Namespace], int] = args.func
-        status = handler(args)
+        with warnings.catch_warnings():  # restores the caller's way to show warnings
+            _print_warnings(f"bignmf {args.command}")
+            status = handler(args)
         sys.stdout.flush()  # a closed pipe fails here, not in the interpreter's exit
         return status
     except USER_ERRORS as err:

@@ -55,6 +55,11 @@ class CheckpointWarning(UserWarning):
     """A damaged checkpoint was skipped in favour of an older one."""
 
 
+class MissingEntriesWarning(UserWarning):
+    """A fit on the stored entries only found rows or columns with no stored entry (they get
+    zeros) or too few to determine their factors without an L2 penalty."""
+
+
 class ClusterConfigError(BigNMFError, ValueError):
     """A cluster configuration is malformed; the message names the file and the key."""
 

@@ -19,7 +19,9 @@ The rules, in the order the engine applies them (:func:`make_plan` follows the s
    memory, H is cut into the fewest column ranges that fit (:func:`choose_column_chunks`). Only
    the Frobenius loss can be cut; with an NNDSVD initialisation the randomized SVD's sketches,
    ``n × (k + 10)`` float64, are cut the same way and count too (:func:`auto_column_chunks`). A
-   requested count wins.
+   requested count wins. With missing entries, one pass: every column's packed gram,
+   ``n·k(k+1)/2`` float64 per partial sum, counts in H's share (:func:`observed_task_bytes`),
+   and the plan says when that exceeds the quarter.
 4. **W's storage**: on a distributed scheduler always Zarr on disk; else in memory when its three
    copies (``3·m·k`` values) need at most :data:`W_MEMORY_FRACTION` of RAM
    (:func:`choose_w_storage`). A request wins where it can be honoured.
@@ -55,6 +57,8 @@ CACHE_AUTO_FRACTION = 0.25
 #: columns the randomized SVD of an NNDSVD initialisation adds to k (float64 sketches)
 SKETCH_OVERSAMPLES = 10
 SKETCH_ITEMSIZE = 8
+#: bytes per value of the per-column grams a fit with missing entries sums (float64)
+GRAM_ITEMSIZE = 8
 
 
 # --------------------------------------------------------------------------- tasks and memory
@@ -125,6 +129,15 @@ def fused_task_bytes(n: int, k: int, itemsize: int, blocks_per_task: int) -> int
     """
     depth = math.ceil(math.log2(max(blocks_per_task, 1))) + 1
     return (depth + 4) * n * k * itemsize
+
+
+def observed_task_bytes(n: int, k: int, itemsize: int, blocks_per_task: int) -> int:
+    """Memory one fused-pass task needs for H when entries are missing: the plain share
+    (:func:`fused_task_bytes`) and every column's packed gram, ``n × k(k+1)/2`` float64 values
+    in each partial sum and merge copy."""
+    depth = math.ceil(math.log2(max(blocks_per_task, 1))) + 1
+    grams = (depth + 2) * n * (k * (k + 1) // 2) * GRAM_ITEMSIZE
+    return fused_task_bytes(n, k, itemsize, blocks_per_task) + grams
 
 
 def choose_column_chunks(
@@ -434,6 +447,7 @@ def make_plan(
     cache_a: int | str | None = None,
     beta_loss: float = 2.0,
     init: str | None = None,
+    missing: str | None = None,
 ) -> Plan:
     """Apply the memory rules to these numbers, in the engine's order.
 
@@ -467,6 +481,10 @@ def make_plan(
         The loss as a float (2.0: Frobenius).
     init : str, optional
         The user's initialisation (None: the default, NNDSVDA when ``k <= min(m, n)``).
+    missing : str, optional
+        Which entries are unknown (None: none). Each column of H then has its own gram: one
+        pass over A per iteration, and the grams count in H's share
+        (:func:`observed_task_bytes`).
 
     Returns
     -------
@@ -496,7 +514,16 @@ def make_plan(
     h_bytes = fused_task_bytes(n, k, itemsize, per_task)
 
     # rule 3: the columns (the engine decides them first, with the parameters)
-    if column_chunks is not None:
+    if missing is not None:
+        if column_chunks not in (None, 1):
+            raise ValueError(
+                "column_chunks > 1 cannot be used with missing entries: each column's gram "
+                "needs every row block in one pass"
+            )
+        h_bytes = observed_task_bytes(n, k, itemsize, per_task)
+        bounds = (0, n)
+        columns_why = _observed_why(h_bytes, memory)
+    elif column_chunks is not None:
         bounds = column_bounds(n, int(column_chunks))
         columns_why = "requested"
     else:
@@ -544,6 +571,15 @@ def make_plan(
     )
 
 
+def _observed_why(h_bytes: int, memory: int) -> str:
+    budget = TASK_MEMORY_FRACTION * memory
+    verb = "within" if h_bytes <= budget else "EXCEEDS"
+    return (
+        f"missing entries: H's share with every column's gram {format_bytes(h_bytes)}; "
+        f"{verb} {format_bytes(budget)}, a quarter of {format_bytes(memory)} per task"
+    )
+
+
 def _columns_why(m, n, k, itemsize, per_task, memory, beta_loss, init, bounds) -> str:
     """Why the automatic rule chose these column ranges (a phrase)."""
     if float(beta_loss) != 2.0:
@@ -574,6 +610,7 @@ __all__ = [
     "format_bytes",
     "fused_task_bytes",
     "make_plan",
+    "observed_task_bytes",
     "process_memory",
     "task_memory",
     "w_memory_bytes",

@@ -4,7 +4,9 @@ Each kind has one table, kept beside its implementation: solvers in
 :data:`bignmf.kernels.solvers.SOLVERS`, β-divergences in
 :data:`bignmf.kernels.solvers.BETA_NAMES`, initialisations in :data:`bignmf.fit.init.INITS`,
 stopping rules in :data:`bignmf.fit.driver.STOPPING`, W's storage in
-:data:`bignmf.plan.W_STORAGE`. This module is the one door to them:
+:data:`bignmf.plan.W_STORAGE`, unknown entries in :data:`bignmf.kernels.solvers.MISSING`
+(with the solvers that fit them, :data:`~bignmf.kernels.solvers.OBSERVED_SOLVERS`). This
+module is the one door to them:
 the CLI's choices and help, the estimator's parameter constraints, the checks of
 :class:`~bignmf.fit.settings.FitSettings` and the error messages all come from here, so a name
 added to a table appears everywhere at once.
@@ -29,8 +31,8 @@ _LABELS = {"stopping": "stopping rule"}
 
 
 def table(kind: str) -> Mapping[str, Any]:
-    """The registered names of ``kind``: 'solver', 'init', 'beta_loss', 'stopping' or
-    'w_storage'."""
+    """The registered names of ``kind``: 'solver', 'init', 'beta_loss', 'stopping',
+    'w_storage' or 'missing'."""
     if kind == "solver":
         from bignmf.kernels.solvers import SOLVERS
 
@@ -43,6 +45,10 @@ def table(kind: str) -> Mapping[str, Any]:
         from bignmf.fit.init import INITS
 
         return INITS
+    if kind == "missing":
+        from bignmf.kernels.solvers import MISSING
+
+        return MISSING
     if kind == "w_storage":
         from bignmf.plan import W_STORAGE
 
@@ -82,6 +88,16 @@ def help_text(kind: str, exclude: tuple[str, ...] = ()) -> str:
     return "; ".join(f"{n}: {summary(kind, n)}" for n in names(kind) if n not in exclude)
 
 
+def check_missing(solver: str, beta: float) -> None:
+    """:class:`ParameterError` unless ``solver`` can fit with missing entries at this β."""
+    from bignmf.kernels.solvers import SolverParams, get_solver
+
+    try:
+        get_solver(solver, "zeros").check_params(SolverParams(beta_loss=beta))
+    except ValueError as error:
+        raise ParameterError(str(error)) from None
+
+
 def beta_value(beta_loss: float | str) -> float:
     """β as a float: a name of the 'beta_loss' table or a finite number."""
     from bignmf.kernels.solvers import beta_loss_to_float
@@ -101,6 +117,7 @@ __all__ = [
     "ESTIMATOR_ALIASES",
     "beta_value",
     "check",
+    "check_missing",
     "estimator_solvers",
     "help_text",
     "names",

@@ -213,3 +213,26 @@ def test_fit_with_a_block_cache_records_it_and_resume_may_change_it(tmp_path, ca
         main(["fit", str(tmp_path / "A.zarr"), "-k", "3", "--out", str(tmp_path / "bad"),
               "--cache-a", "lots"])  # fmt: skip
     assert "--cache-a: cache_a must be a size" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("default::bignmf.errors.MissingEntriesWarning")
+def test_fit_on_the_stored_entries_only(tmp_path, capsys):
+    from bignmf.datasets import make_ratings
+
+    ratings = make_ratings(tmp_path / "r.zarr", 300, 60, 3, ratings_per_user=20, seed=1)
+    options = ["-k", 3, "--missing", "zeros", "--scheduler", "threads", "--no-progress"]
+    more = ["--out", tmp_path / "run", "--max-iter", 20, "--top", 0]
+    status, out, err = run(capsys, "fit", ratings.train_path, *options, *more)
+    assert status == 0
+    assert "reconstruction error on the stored entries" in out
+    # a user whose every rating is held out: one line, no code shown
+    assert "bignmf fit: warning: 1 row has no stored entry (255): W is 0 there\n" in err
+    assert "warnings.warn" not in err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["error_over"] == "stored entries"
+    assert summary["settings"]["missing"] == "zeros"
+    bpp = ["--solver", "bpp", "--out", tmp_path / "bpp"]
+    status, _, err = run(capsys, "fit", ratings.train_path, *options, *bpp)
+    assert status == 2
+    assert "'bpp' cannot fit" in err
+    assert not (tmp_path / "bpp").exists()

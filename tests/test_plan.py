@@ -384,3 +384,21 @@ def test_describe_local_lines():
 )
 def test_format_bytes(count, text):
     assert plan.format_bytes(count) == text
+
+
+def test_missing_entries_count_every_column_gram_and_keep_one_pass():
+    from bignmf.plan import observed_task_bytes
+
+    # 2 blocks per task: depth 2, so 4 partial sums and merge copies of n × k(k+1)/2 float64
+    assert observed_task_bytes(1000, 20, 4, 2) == fused_task_bytes(1000, 20, 4, 2) + (
+        4 * 1000 * 210 * 8
+    )
+    p = _local(missing="zeros")
+    assert p.column_ranges is None
+    assert p.h_task_bytes == observed_task_bytes(50000, 64, 4, 2)
+    assert p.columns_why.startswith("missing entries: H's share with every column's gram")
+    assert "3.2 GiB; EXCEEDS 512 MiB, a quarter of 2 GiB per task" in p.columns_why  # n·k²
+    k20 = make_plan(163840, 50000, 10**8, 20, 4, 40, 2, ram=32 * GiB, threads=16, missing="zeros")
+    assert "within 512 MiB" in k20.columns_why
+    with pytest.raises(ValueError, match="column_chunks > 1 cannot be used with missing"):
+        _local(missing="zeros", column_chunks=2)

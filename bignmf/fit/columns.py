@@ -97,7 +97,7 @@ def _product_step(A_i, before, i, c0: int, c1: int, X_r: np.ndarray, work):
 
 def _w_step(A_i, W_i, i, aht: WIO, HHt: np.ndarray, plan: Pass, work):
     """The W update of one block from its summed ``A·Hᵀ``."""
-    solver = get_solver(plan.solver)
+    solver = get_solver(plan.solver, plan.params.missing)
     return None, solver.w_from_aht(W_i, aht.store.read(aht.read, i), HHt, plan.params)
 
 

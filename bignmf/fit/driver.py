@@ -30,8 +30,6 @@ from bignmf.errors import ObjectiveIncreaseWarning
 from bignmf.fit.columns import TwoPasses
 from bignmf.fit.graph import WIO, HState, Pass, block_pass, iteration
 from bignmf.fit.rundir import Checkpoint, CheckpointError, crash_point, crc32
-from bignmf.kernels.loss import frobenius_loss
-from bignmf.kernels.products import gram
 from bignmf.kernels.solvers import penalty, penalty_sums, prepare_h
 from bignmf.store.factors import ZarrBlocks
 
@@ -165,14 +163,16 @@ class FitState:
         return self.runner.compute(total)[0]
 
     def final_loss(self) -> float:
-        """Loss of the current (W, H): exact from the last sums for Frobenius."""
+        """Loss of the current (W, H): exact from the last sums where the solver can give it
+        (:meth:`~bignmf.kernels.solvers.Solver.loss_after_h`), else the last iteration's."""
         if self.acc is None and self.saved_loss is not None:
             return self.saved_loss
-        if self.acc is None or self.beta != 2:
+        exact = None
+        if self.acc is not None and self.beta == 2:
+            exact = self.solver.loss_after_h(self.acc, self.H, self.norm_a_sq)
+        if exact is None:
             return self.history[-1] if self.history else float("nan")
-        Ht = np.ascontiguousarray(self.H.T, dtype=np.float64)
-        cross = float(np.vdot(self.acc["AtW"].astype(np.float64), Ht))
-        return frobenius_loss(self.norm_a_sq, cross, self.acc["WtW"], gram(Ht))
+        return exact
 
     # -- W in and out of checkpoints
     def _wio(self, write: bool) -> WIO:

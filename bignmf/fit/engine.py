@@ -29,9 +29,11 @@ from bignmf.fit.callbacks import (
     MetricsFile,
     ProgressBar,
 )
+from bignmf.fit.coverage import count_entries, warn_about
 from bignmf.fit.driver import FitState, IterationInfo, get_stopping, rounding, run
 from bignmf.fit.graph import Pass, placement
 from bignmf.fit.init import InitSpec, check_custom, custom_init, nndsvd_init, random_init
+from bignmf.fit.predict import predict as predict_entries
 from bignmf.fit.rundir import WORK_W, CheckpointError, RunDir, crc32
 from bignmf.fit.settings import FitSettings, RunOptions, RunRecord
 from bignmf.kernels.solvers import SolverParams, get_solver
@@ -76,6 +78,12 @@ class NMFResult:
     run_dir: str | None = None
     objective_history: list[float] = field(default_factory=list)
 
+    def predict(self, rows, cols) -> np.ndarray:
+        """The fitted value ``(W·H)[rows[p], cols[p]]`` of each (row, column) pair, what a fit
+        on the stored entries only (``missing="zeros"``) is for; see
+        :func:`bignmf.fit.predict.predict`."""
+        return predict_entries(self.W, self.H, rows, cols)
+
 
 def _seed(random_state: int | None) -> int:
     if random_state is None:
@@ -102,6 +110,7 @@ def nmf(
     alpha_H: float | str = "same",
     l1_ratio: float = 0.0,
     n_inner: int | None = None,
+    missing: str | None = None,
     w_storage: str = "auto",
     workdir: str | os.PathLike | None = None,
     n_tasks: int | None = None,
@@ -160,6 +169,14 @@ def nmf(
         Regularisation, with scikit-learn's meaning and scaling.
     n_inner : int, optional
         HALS sweeps per pass over A (default 1 for 'hals'; several amortise the pass).
+    missing : {None, 'zeros'}
+        None: every entry of A is observed (zeros are zeros). ``'zeros'``: only the stored
+        entries are observed, every other one is unknown (ratings, held-out data): the
+        objective is ``½·Σ_stored (a_ij − (WH)_ij)²`` plus the penalties, and the loss and
+        relative error count the stored entries only. Solvers 'hals' (coordinate descent
+        on each row's and column's own gram, exact in each coordinate) and 'mu' (masked
+        multiplicative updates), Frobenius loss, one pass over A per iteration. A row or
+        column with no stored entry gets zeros.
     w_storage : {'auto', 'memory', 'zarr'}
         Keep W's blocks in memory or on disk in ``workdir``. 'auto': on a distributed
         scheduler always on disk (so that an iteration's graph depends only on stored blocks
@@ -256,6 +273,7 @@ def nmf(
         alpha_H=alpha_H,
         l1_ratio=l1_ratio,
         n_inner=n_inner,
+        missing=missing,
     )
     if column_chunks is None and recorded is not None:
         column_chunks = recorded.settings.column_chunks
@@ -316,6 +334,7 @@ def memory_plan(
             cache_a=cache_a,
             beta_loss=settings.beta_loss,
             init=settings.init,
+            missing=settings.missing,
         )
     except ValueError as error:
         raise ParameterError(str(error)) from None
@@ -341,6 +360,7 @@ def _checked(matrix, settings, options, initial, resume) -> tuple[SolverParams, 
             alpha_H=settings.alpha_H,
             l1_ratio=settings.l1_ratio,
             n_inner=settings.n_inner,
+            missing=settings.missing,
         )
         passes = Pass.plan(
             matrix.n_blocks, options.n_tasks, settings.solver, params, options.split_every
@@ -443,7 +463,7 @@ def _fit(job: _Job) -> NMFResult:
             [getattr(matrix, "path", None), w_store.path if w_store is not None else None]
         )
     reads = blockcache.cached(matrix, job.memory.cache_budget)
-    solver = get_solver(settings.solver)
+    solver = get_solver(settings.solver, settings.missing)
     H0 = np.zeros((k, n), matrix.dtype)
     state = FitState(reads, job.plan, runner, solver, job.params.beta_loss, None, w_store, H0)
     if settings.column_chunks > 1:
@@ -456,6 +476,9 @@ def _fit(job: _Job) -> NMFResult:
         with threadpool_limits(limits=1), placement(runner.workers):
             restored = run_dir.load(lambda ckpt: state.restore_w(ckpt)) if job.resumed else None
             if restored is None:
+                if settings.missing is not None:
+                    found = count_entries(reads, job.plan.groups, runner, k)
+                    warn_about(found, job.params.l2_W, job.params.l2_H)
                 _initialize(state, settings, *job.initial)
             run(state, options.max_iter, options.tol, job.callbacks, options.stopping)
     finally:
@@ -533,7 +556,13 @@ def versions() -> dict:
 def _initialize(state: FitState, settings: FitSettings, W, H) -> None:
     """Initial W blocks (persisted or written to buffer 0) and H."""
     matrix, groups = state.matrix, state.plan.groups
-    spec = InitSpec(settings.n_components, matrix.dtype, settings.seed, matrix.row_offsets)
+    spec = InitSpec(
+        settings.n_components,
+        matrix.dtype,
+        settings.seed,
+        matrix.row_offsets,
+        observed_only=settings.missing is not None,
+    )
     init = settings.init
     if init == "custom":
         w_groups, state.H = custom_init(matrix, groups, spec, W, H, state.w_store)

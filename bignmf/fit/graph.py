@@ -95,7 +95,7 @@ class Pass:
         """Group the blocks into at most ``n_tasks`` aligned runs; ``split_every`` a power of 2."""
         if split_every < 2 or split_every & (split_every - 1):
             raise ValueError(f"split_every must be a power of two >= 2, got {split_every}")
-        get_solver(solver).check_params(params)
+        get_solver(solver, params.missing).check_params(params)
         return cls(solver, params, tuple(aligned_groups(n_blocks, n_tasks)), split_every)
 
 
@@ -346,7 +346,7 @@ def block_pass(
 
 
 def _solver_step(A_i, W_i, i, h: HState, plan: Pass, work):
-    solver = get_solver(plan.solver)
+    solver = get_solver(plan.solver, plan.params.missing)
     acc = solver.new_accumulator(A_i.shape[1], h.H.shape[0], h.H.dtype, plan.params.beta_loss)
     W_new = solver.update_w_block(A_i, W_i, h.H, h.Ht, h.HHt, plan.params, acc, work)
     return acc, W_new

@@ -22,7 +22,8 @@ from bignmf.kernels.products import accumulate_at_w
 
 #: The initialisations by name (see :func:`bignmf.nmf`'s ``init``).
 INITS = {
-    "random": "sqrt(mean(A)/k)·|N(0,1)|, seeded per row block",
+    "random": "sqrt(mean(A)/k)·|N(0,1)|, seeded per row block (the stored entries' mean when "
+    "entries are missing)",
     "custom": "the W and H given",
     "nndsvd": "NNDSVD from an out-of-core randomized SVD (zeros kept)",
     "nndsvda": "NNDSVD with zeros filled by the mean of A",
@@ -39,12 +40,16 @@ class InitSpec:
     dtype: np.dtype
     seed: int
     row_offsets: np.ndarray
+    #: only the stored entries are observed: their mean is A's (``missing="zeros"``)
+    observed_only: bool = False
 
 
-def random_scale(matrix: Any, k: int) -> float:
-    """scikit-learn's scale for random init: ``sqrt(mean(A) / k)``."""
+def random_scale(matrix: Any, k: int, observed_only: bool = False) -> float:
+    """scikit-learn's scale for random init: ``sqrt(mean(A) / k)``; with ``observed_only``
+    the mean of the stored entries, so that ``W·H`` starts at the observed values' scale."""
     m, n = matrix.shape
-    return float(np.sqrt(matrix.value_sum / (m * n) / k))
+    count = matrix.nnz if observed_only else m * n
+    return float(np.sqrt(matrix.value_sum / max(count, 1) / k))
 
 
 # ------------------------------------------------------------------------ random and custom
@@ -67,7 +72,7 @@ def _slice_step(A_i, W_i, i, W: np.ndarray, spec: InitSpec, work):
 
 def random_init(matrix, groups, spec: InitSpec, w_store=None) -> tuple[list | None, np.ndarray]:
     """``scale·|N(0, 1)|`` with scikit-learn's scale, seeded per row block (W) and for H."""
-    scale = random_scale(matrix, spec.k)
+    scale = random_scale(matrix, spec.k, spec.observed_only)
     rng = np.random.default_rng([spec.seed, 0])
     H = np.abs(scale * rng.standard_normal((spec.k, matrix.shape[1]))).astype(spec.dtype)
     w, _ = block_pass(

@@ -129,6 +129,8 @@ def finish_run(run_dir: str | os.PathLike, result: Any, seconds: float) -> RunOu
         "converged": result.converged,
         "reconstruction_err": result.reconstruction_err,
         "relative_error": rel,
+        # what the error is taken over: with missing entries, the stored ones only
+        "error_over": "stored entries" if record.settings.missing else "all entries",
         "seconds": seconds,
         "W": str(w_path),
         "H": str(h_path),

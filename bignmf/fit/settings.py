@@ -46,6 +46,9 @@ class FitSettings:
         The dtype of A's values, and so of W and H.
     column_chunks : int
         Column ranges of H (1: one fused pass per iteration).
+    missing : str or None
+        Which entries are unknown: None (none), or a name of the registry's 'missing' table
+        (``'zeros'``: every entry that is not stored).
     """
 
     n_components: int
@@ -59,6 +62,7 @@ class FitSettings:
     n_inner: int
     dtype: str
     column_chunks: int = 1
+    missing: str | None = None
 
     #: Used only before the first checkpoint, which a resume restores: never compared.
     MAY_DIFFER: ClassVar[tuple[str, ...]] = ("seed", "init")
@@ -79,6 +83,7 @@ class FitSettings:
         l1_ratio: float = 0.0,
         n_inner: int | None = None,
         column_chunks: int = 1,
+        missing: str | None = None,
     ) -> FitSettings:
         """Check the user's values and resolve the defaults; :class:`ParameterError` names
         the first that is wrong."""
@@ -89,6 +94,10 @@ class FitSettings:
         if k < 1:
             raise ParameterError(f"n_components must be >= 1, got {n_components}")
         registry.check("solver", solver)
+        beta = registry.beta_value(beta_loss)
+        if missing is not None:
+            registry.check("missing", missing)
+            registry.check_missing(solver, beta)
         init = default_init(init, k, shape)
         registry.check("init", init)
         if init.startswith("nndsvd") and k > min(shape):
@@ -102,7 +111,7 @@ class FitSettings:
         return cls(
             n_components=k,
             solver=solver,
-            beta_loss=registry.beta_value(beta_loss),
+            beta_loss=beta,
             init=init,
             seed=seed,
             alpha_W=float(alpha_W),
@@ -111,6 +120,7 @@ class FitSettings:
             n_inner=int(n_inner or 1),
             dtype=str(np.dtype(dtype)),
             column_chunks=int(column_chunks),
+            missing=missing,
         )
 
     def to_record(self) -> dict:
@@ -119,7 +129,8 @@ class FitSettings:
 
     @classmethod
     def from_record(cls, record: dict) -> FitSettings:
-        """Read back :meth:`to_record` (runs recorded before ``column_chunks`` had one pass)."""
+        """Read back :meth:`to_record` (runs recorded before ``column_chunks`` had one pass,
+        before ``missing`` none)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{key: value for key, value in record.items() if key in names})
 

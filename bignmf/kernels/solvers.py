@@ -66,16 +66,22 @@ from bignmf.kernels.mu import (
     accumulate_h_denominator_dense,
     beta_ratio,
     csr_with_data,
+    mu_step,
     mu_update_h,
     mu_update_w,
 )
+from bignmf.kernels.observed import cd_rows, observed_loss, packed_outer, packed_size, pattern
 from bignmf.kernels.products import a_ht, accumulate_at_w, gram, inner, wh_at_nonzeros
 
 __all__ = [
+    "MISSING",
+    "OBSERVED_SOLVERS",
     "SOLVERS",
     "BPPSolver",
     "HALSSolver",
     "MUSolver",
+    "ObservedHALSSolver",
+    "ObservedMUSolver",
     "Regularization",
     "Solver",
     "SolverParams",
@@ -91,6 +97,11 @@ __all__ = [
 Accumulator = dict[str, np.ndarray]
 
 BETA_NAMES = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
+
+#: Which entries of A are unknown rather than zero (``missing=``; None: none of them).
+MISSING = {
+    "zeros": "every entry that is not stored is unknown: the fit sees only the stored ones",
+}
 
 
 def beta_loss_to_float(beta_loss: float | str) -> float:
@@ -190,6 +201,9 @@ class SolverParams:
     batch_elements : int, default 2**21
         Element budget of the batch temporaries (gathers for ``W·H`` at nonzeros, dense row
         batches of ``W·H`` for MU with β ∉ {1, 2}); bounds kernel memory, not results.
+    missing : {None, 'zeros'}, default None
+        Which entries are unknown (see :data:`MISSING`): None, none (the plain fit);
+        ``'zeros'``, every entry that is not stored (:mod:`bignmf.kernels.observed`).
     """
 
     beta_loss: float = 2.0
@@ -199,9 +213,13 @@ class SolverParams:
     l2_H: float = 0.0
     n_inner: int = 1
     batch_elements: int = DEFAULT_BATCH_ELEMENTS
+    missing: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "beta_loss", beta_loss_to_float(self.beta_loss))
+        if self.missing is not None and self.missing not in MISSING:
+            choices = ", ".join(repr(name) for name in MISSING)
+            raise ValueError(f"missing must be None or one of {choices}, got {self.missing!r}")
         for name in ("l1_W", "l2_W", "l1_H", "l2_H"):
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value >= 0):
@@ -225,6 +243,7 @@ class SolverParams:
         l1_ratio: float = 0.0,
         n_inner: int = 1,
         batch_elements: int = DEFAULT_BATCH_ELEMENTS,
+        missing: str | None = None,
     ) -> SolverParams:
         """Build params from scikit-learn-style ``alpha_W``, ``alpha_H``, ``l1_ratio``."""
         reg = regularization(alpha_W, alpha_H, l1_ratio, n_samples, n_features)
@@ -232,6 +251,7 @@ class SolverParams:
             beta_loss=beta_loss,
             n_inner=n_inner,
             batch_elements=batch_elements,
+            missing=missing,
             **reg._asdict(),
         )
 
@@ -510,6 +530,20 @@ class Solver:
         """
         raise NotImplementedError
 
+    def loss_after_h(
+        self, acc: Accumulator, H: np.ndarray, norm_a_sq: float | None
+    ) -> float | None:
+        """The loss of ``(W_new, H)``, H the one :meth:`update_h` returned, from the same sums.
+
+        Exact for the Frobenius loss (``½(‖A‖² − 2⟨AᵀW, Hᵀ⟩ + ⟨WᵀW, HHᵀ⟩)``); None where the
+        sums cannot give it (other β, masked MU): the caller then keeps the last iteration's.
+        """
+        if "WtW" not in acc or norm_a_sq is None:
+            return None
+        Ht = np.ascontiguousarray(H.T, dtype=np.float64)
+        cross = float(np.vdot(acc["AtW"].astype(np.float64), Ht))
+        return frobenius_loss(norm_a_sq, cross, acc["WtW"], gram(Ht))
+
     # helpers shared by the Frobenius solvers ---------------------------------------------
 
     def _prepare_block(self, A_i, W_i, Ht, params):
@@ -694,20 +728,168 @@ class MUSolver(Solver):
         return np.ascontiguousarray(Ht_new.T), loss
 
 
+class _ObservedSolver(Solver):
+    """The Frobenius loss on the stored entries only (``missing="zeros"``), see
+    :mod:`bignmf.kernels.observed`: the W half-step from each row's own gram or mask, then
+    the block's share of H's per-column sums, with the new W_i and the current H."""
+
+    def check_params(self, params: SolverParams) -> None:
+        if params.beta_loss != 2.0:
+            raise ValueError(
+                f"solver {self.name!r} with missing entries supports only beta_loss=2 "
+                f"(Frobenius), got {params.beta_loss!r}"
+            )
+
+    def _new_w(self, A_i, W_i, Ht, params, aht, work):
+        raise NotImplementedError
+
+    def _accumulate_h(self, A_i, W_new, wh, acc):
+        raise NotImplementedError
+
+    def update_w_block(self, A_i, W_i, H, Ht, HHt, params, acc, work=None):
+        A_i, W_i, Ht, dtype = self._prepare_block(A_i, W_i, Ht, params)
+        m, k = W_i.shape
+        nnz = A_i.indptr[-1]
+        batch_size = max(1, params.batch_elements // max(k, 1))
+        aht = a_ht(A_i, Ht, out=scratch(work, "aht", (m, k), dtype))
+        W_new = self._new_w(A_i, W_i, Ht, params, aht, work)
+        wh = wh_at_nonzeros(
+            A_i, W_new, Ht, out=scratch(work, "wh", (nnz,), dtype), batch_size=batch_size
+        )
+        acc["loss"] += observed_loss(A_i.data, wh)
+        accumulate_at_w(A_i, W_new, acc["AtW"])
+        self._accumulate_h(A_i, W_new, wh, acc)
+        for key, value in penalty_sums(W_new, squares=True).items():
+            acc[key] += value
+        return W_new
+
+    def w_from_aht(self, W_i, aht, HHt, params):
+        raise ValueError(
+            "missing entries need each row's own gram: H cannot be cut into column ranges"
+        )
+
+
+class ObservedHALSSolver(_ObservedSolver):
+    """Coordinate descent on each row's (and column's) own gram: ``n_inner`` exact sweeps."""
+
+    name: ClassVar[str] = "hals"
+
+    def new_accumulator(self, n, k, dtype, beta_loss=2.0):
+        self.check_params(SolverParams(beta_loss=beta_loss))
+        acc = _observed_accumulator(n, k, dtype)
+        acc["grams"] = np.zeros((n, packed_size(k)), dtype=np.float64)
+        return acc
+
+    def _new_w(self, A_i, W_i, Ht, params, aht, work):
+        grams = a_ht(pattern(A_i), packed_outer(Ht))
+        W_new = W_i.copy()
+        cd_rows(
+            W_new,
+            aht,
+            grams,
+            l1=params.l1_W,
+            l2=params.l2_W,
+            n_sweeps=params.n_inner,
+            batch_elements=params.batch_elements,
+        )
+        return W_new
+
+    def _accumulate_h(self, A_i, W_new, wh, acc):
+        accumulate_at_w(pattern(A_i), packed_outer(W_new), acc["grams"])
+
+    def update_h(self, H, acc, params, norm_a_sq=None):
+        self.check_params(params)
+        Ht_new = self._ht_of(H, acc).copy()
+        cd_rows(
+            Ht_new,
+            acc["AtW"],
+            acc["grams"],
+            l1=params.l1_H,
+            l2=params.l2_H,
+            n_sweeps=params.n_inner,
+            batch_elements=params.batch_elements,
+        )
+        return np.ascontiguousarray(Ht_new.T), float(acc["loss"])
+
+    def loss_after_h(self, acc, H, norm_a_sq):
+        # ½Σ_observed (a − w·h)² = ½(‖A‖² − 2Σ_j h_j·(AᵀW)_j + Σ_j h_jᵀ·G_j·h_j), G_j column j's
+        # gram: the sums of the W pass give it for the new H too
+        if norm_a_sq is None:
+            return None
+        Ht = np.ascontiguousarray(H.T, dtype=np.float64)
+        cross = float(np.vdot(acc["AtW"].astype(np.float64), Ht))
+        quadratic = float(np.vdot(acc["grams"], packed_outer(Ht) * _off_diagonal_twice(H.shape[0])))
+        return 0.5 * max(norm_a_sq - 2.0 * cross + quadratic, 0.0)
+
+
+def _off_diagonal_twice(k: int) -> np.ndarray:
+    """Weights turning a packed gram's dot with a packed outer product into ``hᵀGh``."""
+    a, b = np.triu_indices(k)
+    return np.where(a == b, 1.0, 2.0)
+
+
+class ObservedMUSolver(_ObservedSolver):
+    """Multiplicative updates with the mask: ``W ← W∘(P∘A)Hᵀ / (P∘(WH))Hᵀ``, H likewise."""
+
+    name: ClassVar[str] = "mu"
+
+    def new_accumulator(self, n, k, dtype, beta_loss=2.0):
+        self.check_params(SolverParams(beta_loss=beta_loss))
+        acc = _observed_accumulator(n, k, dtype)
+        acc["den"] = np.zeros_like(acc["AtW"])
+        return acc
+
+    def _new_w(self, A_i, W_i, Ht, params, aht, work):
+        wh = wh_at_nonzeros(A_i, W_i, Ht)
+        denominator = a_ht(csr_with_data(A_i, wh), Ht)
+        W_new = W_i.copy()
+        mu_step(W_new, aht, denominator, l1=params.l1_W, l2=params.l2_W, keep_numerator=True)
+        return W_new
+
+    def _accumulate_h(self, A_i, W_new, wh, acc):
+        accumulate_at_w(csr_with_data(A_i, wh), W_new, acc["den"])
+
+    def update_h(self, H, acc, params, norm_a_sq=None):
+        self.check_params(params)
+        Ht = self._ht_of(H, acc)
+        Ht_new = mu_update_h(
+            Ht, acc["AtW"], acc["den"].copy(), beta=2.0, l1=params.l1_H, l2=params.l2_H
+        )
+        return np.ascontiguousarray(Ht_new.T), float(acc["loss"])
+
+
+def _observed_accumulator(n: int, k: int, dtype) -> Accumulator:
+    dtype = np.dtype(dtype) if np.dtype(dtype).kind == "f" else np.dtype(np.float64)
+    return {
+        "AtW": np.zeros((n, k), dtype=dtype),
+        "loss": np.zeros((), dtype=np.float64),
+        "W_l1": np.zeros((), dtype=np.float64),
+        "W_sq": np.zeros((), dtype=np.float64),
+    }
+
+
 SOLVERS: dict[str, Solver] = {
     "hals": HALSSolver(),
     "mu": MUSolver(),
     "bpp": BPPSolver(),
 }
 
+#: The solvers that fit the stored entries only (``missing="zeros"``), by the same names.
+OBSERVED_SOLVERS: dict[str, Solver] = {
+    "hals": ObservedHALSSolver(),
+    "mu": ObservedMUSolver(),
+}
 
-def get_solver(name: str) -> Solver:
-    """The registered solver called ``name``.
+
+def get_solver(name: str, missing: str | None = None) -> Solver:
+    """The registered solver called ``name``, for entries ``missing`` (see :data:`MISSING`).
 
     Parameters
     ----------
     name : str
         One of ``"hals"``, ``"mu"``, ``"bpp"``.
+    missing : {None, 'zeros'}
+        With ``'zeros'``, the solver of that name that fits the stored entries only.
 
     Returns
     -------
@@ -716,8 +898,16 @@ def get_solver(name: str) -> Solver:
     Raises
     ------
     ValueError
-        If ``name`` is not registered; the message lists the valid names.
+        If ``name`` is not registered (the message lists the valid names), or has no
+        version for missing entries.
     """
+    if missing is not None and name in SOLVERS:
+        if name not in OBSERVED_SOLVERS:
+            raise ValueError(
+                f"solver {name!r} cannot fit missing entries; use one of "
+                f"{', '.join(sorted(OBSERVED_SOLVERS))}"
+            )
+        return OBSERVED_SOLVERS[name]
     try:
         return SOLVERS[name]
     except (KeyError, TypeError):

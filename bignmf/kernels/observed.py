@@ -1,0 +1,163 @@
+"""Per-block kernels of a fit on the observed entries only (``missing="zeros"``).
+
+The objective is ``½·Σ_{(i,j) observed} (a_ij − w_i·h_j)² + penalties``: an entry that is not
+stored is unknown, not zero (ratings, held-out data). Then every row of W has its own gram,
+``G_i = Σ_{j observed in row i} h_j·h_jᵀ``, and every column of H its own,
+``G_j = Σ_{i observed in column j} w_i·w_iᵀ``: the plain fit's one ``H·Hᵀ`` and ``WᵀW`` do
+not exist. A row block computes its rows' grams from its own nonzeros (``P_i·vec(h_j h_jᵀ)``,
+``P_i`` the block's pattern, :func:`pattern`, times the packed outer products of Hᵀ's rows)
+and adds its share of the columns' grams to the accumulator (``P_iᵀ·vec(w_i w_iᵀ)``); the
+driver then updates H's columns from the reduced grams.
+
+A gram is symmetric: it is kept *packed*, its ``k(k+1)/2`` upper-triangle entries in
+``numpy.triu_indices`` order (:func:`packed_outer`), in float64. The per-column grams of the
+accumulator are ``n × k(k+1)/2`` float64 values, which the memory plan counts
+(:func:`bignmf.plan.fused_task_bytes`).
+
+The updates:
+
+* ``cd_rows``: coordinate descent on each row's own gram, exact in each coordinate (the HALS
+  step with one gram per row), ``n_inner`` sweeps; the objective never rises. A coordinate
+  whose gram entry is 0 (a row or column with no observed entry) is set to 0.
+* MU (β = 2): Lee & Seung's update with the mask, ``W ← W∘(P∘A)Hᵀ / (P∘(WH))Hᵀ``.
+
+Never imports Dask or Zarr.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from bignmf.kernels._util import DEFAULT_BATCH_ELEMENTS, as_csr
+
+__all__ = [
+    "cd_rows",
+    "observed_loss",
+    "packed_outer",
+    "packed_size",
+    "pattern",
+]
+
+
+def packed_size(k: int) -> int:
+    """Entries of a packed symmetric k × k gram: ``k(k+1)/2``."""
+    return k * (k + 1) // 2
+
+
+def packed_outer(X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Each row's outer product ``x·xᵀ``, packed: ``(r, k(k+1)/2)`` float64.
+
+    Parameters
+    ----------
+    X : ndarray, shape (r, k)
+    out : ndarray, shape (r, k(k+1)/2), float64, optional
+
+    Returns
+    -------
+    ndarray
+        ``out[:, p] = X[:, a]·X[:, b]`` for the p-th pair ``a <= b`` of ``numpy.triu_indices``.
+    """
+    r, k = X.shape
+    a, b = np.triu_indices(k)
+    X64 = np.asarray(X, dtype=np.float64)
+    if out is None:
+        out = np.empty((r, a.size), dtype=np.float64)
+    np.multiply(X64[:, a], X64[:, b], out=out)
+    return out
+
+
+def pattern(A_i) -> sp.csr_matrix:
+    """The block's sparsity pattern as a float64 CSR matrix of ones (shares A_i's indices)."""
+    A_i = as_csr(A_i)
+    ones = np.ones(A_i.indptr[-1], dtype=np.float64)
+    return sp.csr_matrix((ones, A_i.indices, A_i.indptr), shape=A_i.shape)
+
+
+def _unpack(packed: np.ndarray, k: int, out: np.ndarray) -> np.ndarray:
+    a, b = np.triu_indices(k)
+    out[:, a, b] = packed
+    out[:, b, a] = packed
+    return out
+
+
+def cd_rows(
+    X: np.ndarray,
+    B: np.ndarray,
+    grams: np.ndarray,
+    *,
+    l1: float = 0.0,
+    l2: float = 0.0,
+    n_sweeps: int = 1,
+    batch_elements: int = DEFAULT_BATCH_ELEMENTS,
+) -> np.ndarray:
+    """Cyclic coordinate descent on ``½·xᵀG_r x − b_rᵀx + l1·Σx + ½·l2·‖x‖²``, x ≥ 0, per row.
+
+    For every row r and each coordinate t in order ``0..k-1``::
+
+        grad = G_r[t]·x − b_r[t] + l1          with G_r' = G_r + l2·I
+        x[t] = max(x[t] − grad / G_r'[t, t], 0)   (0 when G_r'[t, t] == 0)
+
+    the exact minimiser in that coordinate, so the objective never rises: with one gram for
+    every row this is :func:`bignmf.kernels.hals.hals_update`'s step.
+
+    Parameters
+    ----------
+    X : ndarray, shape (r, k)
+        Current rows (W_i, or Hᵀ); overwritten with the update.
+    B : ndarray, shape (r, k)
+        Right-hand sides (``A_i·Hᵀ`` on the observed entries, or ``AᵀW``).
+    grams : ndarray, shape (r, k(k+1)/2)
+        Each row's packed gram (:func:`packed_outer` order), float64.
+    l1, l2 : float
+        Scaled penalties.
+    n_sweeps : int
+        Sweeps over the k coordinates.
+    batch_elements : int
+        Rows are processed in batches whose unpacked grams hold at most this many values.
+
+    Returns
+    -------
+    ndarray
+        ``X``.
+
+    Notes
+    -----
+    Computed in float64 and cast back to ``X``'s dtype. Memory: one batch of unpacked grams
+    (``batch_elements`` float64) and float64 copies of the batch's rows. Time
+    O(n_sweeps·r·k²).
+    """
+    r, k = X.shape
+    if B.shape != X.shape or grams.shape != (r, packed_size(k)):
+        raise ValueError(
+            f"shapes do not match: X {X.shape}, B {B.shape}, grams {grams.shape} "
+            f"(expected ({r}, {packed_size(k)}))"
+        )
+    rows = max(1, batch_elements // max(k * k, 1))
+    G = np.empty((min(rows, r), k, k), dtype=np.float64)
+    for start in range(0, r, rows):
+        stop = min(start + rows, r)
+        G_b = _unpack(grams[start:stop], k, G[: stop - start])
+        X[start:stop] = _cd_batch(X[start:stop], B[start:stop], G_b, l1, l2, n_sweeps)
+    return X
+
+
+def _cd_batch(X, B, G, l1, l2, n_sweeps):
+    x = np.array(X, dtype=np.float64, order="F")
+    b = np.asarray(B, dtype=np.float64)
+    diag = np.diagonal(G, axis1=1, axis2=2) + l2  # (r, k), a copy
+    for _ in range(n_sweeps):
+        for t in range(x.shape[1]):
+            grad = np.einsum("rk,rk->r", x, G[:, t, :]) + l2 * x[:, t] - b[:, t]
+            if l1 != 0.0:
+                grad += l1
+            hess = diag[:, t]
+            safe = np.where(hess > 0, hess, 1.0)
+            x[:, t] = np.where(hess > 0, np.maximum(x[:, t] - grad / safe, 0.0), 0.0)
+    return x
+
+
+def observed_loss(a_data: np.ndarray, wh: np.ndarray) -> float:
+    """``½·Σ (a − wh)²`` over the observed entries, in float64."""
+    d = np.asarray(a_data, dtype=np.float64) - np.asarray(wh, dtype=np.float64)
+    return 0.5 * float(np.dot(d, d))
