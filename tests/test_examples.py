@@ -39,7 +39,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 def test_every_example_is_tested():
     tested = {"topics_docstrings", "image_parts_digits", "single_cell_anndata",
-              "larger_than_memory"}  # fmt: skip
+              "larger_than_memory", "ratings_missing"}  # fmt: skip
     assert {path.stem for path in EXAMPLES.glob("*.py")} == tested
 
 
@@ -111,3 +111,23 @@ def test_larger_than_memory(tmp_path):
     for line in re.findall(r"worker peak RSS \(MiB\): ([\d, ]+) —", stdout):
         assert all(int(peak) < 200 for peak in line.split(", "))
     assert (out / "run" / "summary.json").exists()
+
+
+def test_ratings_missing(tmp_path):
+    out = tmp_path / "ratings"
+    stdout = run_example("ratings_missing", out, "--iterations", "25")
+    rmse = {
+        name: float(re.search(rf"held-out RMSE, {name}[^:]*: ([\d.]+)", stdout).group(1))
+        for name in ("stored entries only", "absent ratings read as zeros", "each user's mean")
+    }
+    assert rmse["stored entries only"] < 0.6  # the planted noise is 0.25
+    assert rmse["stored entries only"] < rmse["each user's mean"]
+    assert rmse["absent ratings read as zeros"] > 3 * rmse["stored entries only"]
+    assert re.search(r"top predicted unrated items: \d+ \([\d.]+\)", stdout)
+    # the run directory scores again from the command line, to the same figure
+    scored = subprocess.run(
+        [sys.executable, "-m", "bignmf", "score", str(out / "run"),
+         str(out / "ratings.zarr.test.mtx")], capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    again = float(re.search(r"RMSE ([\d.]+)", scored).group(1))
+    assert again == pytest.approx(rmse["stored entries only"], abs=6e-4)

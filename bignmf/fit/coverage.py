@@ -22,6 +22,9 @@ __all__ = ["Coverage", "count_entries", "warn_about"]
 
 #: Names of rows or columns listed in a warning at the most.
 LISTED = 5
+#: The frame a warning names: past warn_about, the engine's _fit and _start, and nmf, the line
+#: that called :func:`bignmf.nmf`.
+CALLER = 5
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,7 @@ def warn_about(coverage: Coverage, l2_W: float, l2_H: float) -> None:
             f"{_counted(coverage.empty_rows, 'row')} {_have(coverage.empty_rows)} no stored "
             f"entry ({_some(coverage.first_empty_rows, coverage.empty_rows)}): W is 0 there",
             MissingEntriesWarning,
-            stacklevel=3,
+            stacklevel=CALLER,
         )
     empty_columns = coverage.empty_columns
     if empty_columns.size:
@@ -135,7 +138,7 @@ def warn_about(coverage: Coverage, l2_W: float, l2_H: float) -> None:
             f"{_counted(empty_columns.size, 'column')} {_have(empty_columns.size)} no stored "
             f"entry ({_some(empty_columns, empty_columns.size)}): H is 0 there",
             MissingEntriesWarning,
-            stacklevel=3,
+            stacklevel=CALLER,
         )
     thin = []
     if coverage.thin_rows and not l2_W:
@@ -150,5 +153,5 @@ def warn_about(coverage: Coverage, l2_W: float, l2_H: float) -> None:
             "L2 penalty their factors are underdetermined and may grow without bound; give "
             "alpha_W (and alpha_H) with l1_ratio < 1 (e.g. alpha_W=1e-4)",
             MissingEntriesWarning,
-            stacklevel=3,
+            stacklevel=CALLER,
         )

@@ -17,8 +17,12 @@ bpp
     Nonnegative least squares by block principal pivoting.
 loss
     β-divergence from reductions and per-block parts.
+observed
+    Fits on the stored entries only: packed per-row grams, coordinate descent on each row's
+    own gram, the observed loss.
 solvers
-    The per-solver contract used by the graph layer and the ``SOLVERS`` registry.
+    The per-solver contract used by the graph layer, the ``SOLVERS`` registry and the
+    ``OBSERVED_SOLVERS`` that fit the stored entries only.
 transform
     Per-block solves of W with H fixed (exact NNLS, W-only MU with per-row stopping) and the
     per-row divergence, for :func:`bignmf.fit.transform.transform`.
