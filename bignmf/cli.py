@@ -355,6 +355,7 @@ def _cmd_transform(args: argparse.Namespace) -> int:
                 max_iter=args.max_iter,
                 scheduler=scheduler,
                 workdir=tmp,
+                missing=settings.missing,
             )
             write_rows(W, out)
     print(f"W of {store.shape[0]:,} rows x {H.shape[0]} components: {out}")
@@ -804,7 +805,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="a store, AnnData .zarr, or any file `bignmf convert` reads")
     p.add_argument("--out", required=True, help="Zarr array written with W (rows x k)")
     p.add_argument("--key", help="matrix inside an AnnData store (default: X)")
-    p.add_argument("--max-iter", type=POSITIVE, default=200, help="MU iterations (non-Frobenius)")
+    p.add_argument(
+        "--max-iter",
+        type=POSITIVE,
+        default=200,
+        help="MU iterations (non-Frobenius), or coordinate-descent sweeps (a run fitted with "
+        "--missing)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--scheduler", default="threads", help="threads, sync, local or an address")
     p.add_argument(

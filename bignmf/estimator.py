@@ -96,6 +96,12 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
         Print the loss after every iteration.
     n_inner : int or None, default=None
         HALS sweeps per pass over X (None: 1). Only ``solver='hals'``.
+    missing : {None, 'zeros'}, default=None
+        ``'zeros'``: only X's stored entries are observed, every other one is unknown
+        (ratings): the fit and ``transform`` minimise the error on the stored entries only
+        (see :func:`bignmf.nmf`); ``solver`` 'hals', 'cd' or 'mu', Frobenius loss. Give an
+        L2 penalty (``alpha_W``) when rows or columns have fewer stored entries than
+        ``n_components``.
     w_storage : {'auto', 'memory', 'zarr'}, default='auto'
         Keep W in (worker) memory or in Zarr blocks on disk; 'auto' keeps it in memory when it
         fits easily.
@@ -209,6 +215,7 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
         "l1_ratio": [Interval(Real, 0, 1, closed="both")],
         "verbose": ["verbose"],
         "n_inner": [Interval(Integral, 1, None, closed="left"), None],
+        "missing": [StrOptions(set(registry.names("missing"))), None],
         "w_storage": [StrOptions(set(registry.names("w_storage")))],
         "workdir": [str, os.PathLike, None],
         "n_tasks": [Interval(Integral, 1, None, closed="left"), None],
@@ -232,6 +239,7 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
         l1_ratio=0.0,
         verbose=0,
         n_inner=None,
+        missing=None,
         w_storage="auto",
         workdir=None,
         n_tasks=None,
@@ -251,6 +259,7 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
         self.l1_ratio = l1_ratio
         self.verbose = verbose
         self.n_inner = n_inner
+        self.missing = missing
         self.w_storage = w_storage
         self.workdir = workdir
         self.n_tasks = n_tasks
@@ -328,7 +337,9 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
         Notes
         -----
         One pass over X (see :func:`bignmf.fit.transform.transform`): exact non-negative least
-        squares per row for Frobenius, W-only multiplicative updates for ``solver='mu'``.
+        squares per row for Frobenius, W-only multiplicative updates for ``solver='mu'``; with
+        ``missing='zeros'``, ``max_iter`` sweeps of coordinate descent on each row's stored
+        entries.
         Memory: one row block of X per task, H, and W when kept in memory.
         """
         check_is_fitted(self)
@@ -346,6 +357,7 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
             workdir=self.workdir,
             n_tasks=self.n_tasks,
             scheduler=self.scheduler,
+            missing=self.missing,
         )
 
     def inverse_transform(self, X):
@@ -506,6 +518,7 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
                 alpha_H=self.alpha_H,
                 l1_ratio=self.l1_ratio,
                 n_inner=self.n_inner if n_inner is None else n_inner,
+                missing=self.missing,
                 w_storage=self.w_storage,
                 workdir=workdir,
                 n_tasks=self.n_tasks,

@@ -14,7 +14,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from bignmf import convert, open_matrix
+from bignmf import convert, nmf, open_matrix
 from bignmf.estimator import NMF
 
 # The checks' data are exactly representable at rank n_features (n_components='auto'), where
@@ -245,3 +245,34 @@ def test_same_fit_on_a_distributed_cluster(tmp_path, dask_client):
     assert remote.components_.tobytes() == local.components_.tobytes()
     assert remote.transform(X).tobytes() == local.transform(X).tobytes()
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.filterwarnings("ignore::bignmf.errors.MissingEntriesWarning")
+def test_missing_entries_fit_and_transform_the_stored_entries_only(tmp_path):
+    from bignmf.datasets import make_ratings
+
+    ratings = make_ratings(tmp_path / "r.zarr", 400, 60, 3, ratings_per_user=25, seed=4)
+    A = ratings.store.to_dask().compute().tocsr()
+    options = {"init": "random", "random_state": 1, "tol": 0, "max_iter": 30, "alpha_W": 1e-4}
+    model = NMF(3, missing="zeros", scheduler="sync", **options)
+    W = model.fit_transform(A)
+    direct = nmf(A, 3, missing="zeros", scheduler="sync", stopping="sklearn", **options)
+    assert W.tobytes() == np.asarray(direct.W).tobytes()
+    assert model.components_.tobytes() == direct.H.tobytes()
+    rows, cols = A.nonzero()
+    values = np.asarray(A[rows, cols]).ravel()
+
+    def observed_rmse(W, H):
+        return np.sqrt(np.mean(((W @ H)[rows, cols] - values) ** 2))
+
+    # each row solved to the end on its stored entries against the fitted H: no worse
+    again = model.transform(A)
+    assert observed_rmse(again, model.components_) <= observed_rmse(W, model.components_)
+    assert np.linalg.norm(again - W) < 0.15 * np.linalg.norm(W)
+    plain = NMF(3, scheduler="sync", **options).fit(A)
+
+    assert observed_rmse(W, model.components_) < 0.5 * observed_rmse(
+        plain.transform(A), plain.components_
+    )
+    with pytest.raises(ValueError, match="missing"):
+        NMF(3, missing="nan").fit(A)

@@ -25,6 +25,7 @@ from bignmf import registry
 from bignmf.cluster.runner import Runner, scheduler_threads
 from bignmf.errors import ConvergenceWarning
 from bignmf.fit.graph import WIO, block_pass
+from bignmf.fit.init import random_scale
 from bignmf.fit.reduction import aligned_groups
 from bignmf.kernels.solvers import SolverParams
 from bignmf.kernels.transform import (
@@ -32,6 +33,7 @@ from bignmf.kernels.transform import (
     TransformSpec,
     mu_transform_step,
     nnls_transform_step,
+    observed_transform_step,
 )
 from bignmf.store.factors import ZarrBlocks, choose_storage
 from bignmf.store.matrix import MemoryMatrix, as_block_matrix
@@ -78,6 +80,7 @@ def transform(
     block_nnz: int | None = None,
     split_every: int = 8,
     scheduler: Any = None,
+    missing: str | None = None,
 ) -> Any:
     """Non-negative coefficients W of the rows of A against fixed components H (A ≈ W·H).
 
@@ -116,6 +119,10 @@ def transform(
         Fan-in of the reduction of the convergence counts.
     scheduler : optional
         Passed to ``dask.compute``; default: Dask's current scheduler.
+    missing : {None, 'zeros'}
+        ``'zeros'``: each row is fitted to its stored entries only, as a fit with
+        ``missing="zeros"`` fits them (coordinate descent on the row's own gram, ``max_iter``
+        sweeps; Frobenius; solver 'bpp' or 'hals'); a row with no stored entry gets zeros.
 
     Returns
     -------
@@ -160,6 +167,12 @@ def transform(
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
     if not tol >= 0:
         raise ValueError(f"tol must be >= 0, got {tol!r}")
+    if missing is not None:
+        registry.check("missing", missing)
+        if beta != 2:
+            raise ValueError(
+                f"missing entries support only beta_loss='frobenius', got {beta_loss!r}"
+            )
     matrix = as_block_matrix(A, block_nnz=block_nnz)
     m, n = matrix.shape
     H = _check_h(H, n)
@@ -178,17 +191,23 @@ def transform(
         alpha_H=0.0,
         l1_ratio=l1_ratio,
     )
-    # scikit-learn's transform starts MU from sqrt(mean(A) / k) (zeros would never move)
-    w_init = float(np.sqrt(matrix.value_sum / (m * n) / k))
+    # scikit-learn's transform starts MU from sqrt(mean(A) / k) (zeros would never move); the
+    # stored entries only start from their own mean, as the fit does
+    w_init = random_scale(matrix, k, observed_only=missing is not None)
+    kind = "observed" if missing is not None else "mu" if solver == "mu" else "nnls"
     spec = TransformSpec(
-        "mu" if solver == "mu" else "nnls",
+        kind,
         params,
         np.dtype(dtype),
         int(max_iter),
         float(tol),
         w_init,
     )
-    step = mu_transform_step if spec.solver == "mu" else nnls_transform_step
+    step = {
+        "mu": mu_transform_step,
+        "nnls": nnls_transform_step,
+        "observed": observed_transform_step,
+    }[kind]
     groups = tuple(aligned_groups(matrix.n_blocks, n_tasks or 4 * scheduler_threads(scheduler)))
     store = _w_store(matrix, k, dtype, w_storage, workdir)
     runner = Runner(scheduler)

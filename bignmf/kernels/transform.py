@@ -4,7 +4,8 @@ With H fixed, every row of W is its own problem, so a row block is solved from i
 and what it needs of H (:class:`FixedH`) alone. Frobenius: exact non-negative least squares per
 row (:func:`~bignmf.kernels.bpp.nnls_bpp`, cold-started). Other β: scikit-learn's W-only
 multiplicative updates (:func:`~bignmf.kernels.mu.mu_update_w`), iterated until each row has
-converged on its own divergence (:func:`row_divergence`).
+converged on its own divergence (:func:`row_divergence`). Stored entries only
+(``missing="zeros"``): coordinate descent on each row's own gram (:func:`observed_transform_step`).
 
 :func:`nnls_transform_step` and :func:`mu_transform_step` have the signature of the graph
 layer's block steps, ``step(A_i, W_i, i, h, spec, work) -> (partial or None, W_new)``.
@@ -20,6 +21,7 @@ from bignmf.kernels._util import Work, as_csr, scratch, wh_power_batches
 from bignmf.kernels.bpp import nnls_bpp
 from bignmf.kernels.loss import kept_entries
 from bignmf.kernels.mu import mu_update_w
+from bignmf.kernels.observed import cd_rows, packed_outer, pattern
 from bignmf.kernels.products import a_ht, gram, wh_at_nonzeros
 from bignmf.kernels.solvers import SolverParams
 
@@ -30,6 +32,7 @@ __all__ = [
     "mu_transform_block",
     "mu_transform_step",
     "nnls_transform_step",
+    "observed_transform_step",
     "row_divergence",
     "row_sq_norms",
 ]
@@ -58,7 +61,7 @@ class FixedH:
 class TransformSpec:
     """Static description of the per-block work."""
 
-    solver: str  # 'nnls' or 'mu'
+    solver: str  # 'nnls', 'mu' or 'observed'
     params: SolverParams
     dtype: np.dtype
     max_iter: int = 200
@@ -88,6 +91,36 @@ def nnls_transform_step(A_i, W_i, i, h: FixedH, spec: TransformSpec, work: Work 
     aht = a_ht(A_i, h.Ht, out=scratch(work, "aht", (m, k), spec.dtype))
     X = nnls_bpp(h.HHt, aht.T, l1=spec.params.l1_W, l2=spec.params.l2_W)
     return None, np.ascontiguousarray(X.T, dtype=spec.dtype)
+
+
+def observed_transform_step(A_i, W_i, i, h: FixedH, spec: TransformSpec, work: Work | None):
+    """The block's rows against their stored entries only (``missing="zeros"``).
+
+    Each row minimises ``½·Σ_{j stored} (a_j − w·h_j)² + l1·Σw + ½·l2·‖w‖²`` on its own gram
+    (:mod:`bignmf.kernels.observed`), by ``spec.max_iter`` sweeps of coordinate descent from
+    ``spec.w_init``: the point the fit's half-step converges to. A row with no stored entry
+    gets zeros.
+
+    Returns
+    -------
+    None, ndarray of shape (m_i, k)
+        No partial sums; the block's rows of W (C-contiguous, ``spec.dtype``).
+    """
+    A_i = as_csr(A_i)
+    m, k = A_i.shape[0], h.Ht.shape[1]
+    aht = a_ht(A_i, h.Ht, out=scratch(work, "aht", (m, k), spec.dtype))
+    grams = a_ht(pattern(A_i), packed_outer(h.Ht))
+    W = np.full((m, k), spec.w_init, dtype=np.float64)
+    cd_rows(
+        W,
+        aht,
+        grams,
+        l1=spec.params.l1_W,
+        l2=spec.params.l2_W,
+        n_sweeps=spec.max_iter,
+        batch_elements=spec.params.batch_elements,
+    )
+    return None, np.ascontiguousarray(W, dtype=spec.dtype)
 
 
 def row_divergence(A_i, W: np.ndarray, h: FixedH, beta: float, *, aht=None, a_sq=None):

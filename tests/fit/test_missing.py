@@ -206,3 +206,35 @@ def test_score_reads_w_by_row_slabs_from_a_finished_run(tmp_path, ratings, capsy
     assert printed["rmse"] < 0.2
     assert main(["score", str(run), str(tmp_path / "none.mtx")]) == 2
     assert "none.mtx: no such file or directory" in capsys.readouterr().err
+
+
+def test_transform_fits_new_rows_to_their_stored_entries(ratings):
+    from bignmf.fit.transform import transform
+
+    store = ratings.store
+    options = {**OPTIONS, "tol": 0, "alpha_W": 1e-4}
+    result = bignmf.nmf(store, K, max_iter=300, n_inner=5, scheduler="threads", **options)
+    W = transform(store, result.H, missing="zeros", alpha_W=1e-4, max_iter=300, scheduler="sync")
+    A = store.to_dask().compute().tocsr()
+    l2 = store.shape[1] * 1e-4  # scikit-learn's scaling of alpha_W
+
+    def row_objectives(W):
+        rows, cols = A.nonzero()
+        residual = np.asarray(A[rows, cols]).ravel() - (W @ result.H)[rows, cols]
+        per_row = np.bincount(rows, residual.astype(np.float64) ** 2, minlength=A.shape[0])
+        return 0.5 * per_row + 0.5 * l2 * (W.astype(np.float64) ** 2).sum(axis=1)
+
+    # each row's own problem, solved again from a cold start: as well as the fit (rows with
+    # fewer entries than k are ill-conditioned and converge slowest: 0.3% at the worst)
+    fitted = np.asarray(result.W)
+    mine, theirs = row_objectives(W), row_objectives(fitted)
+    assert mine.sum() <= theirs.sum() * (1 + 1e-4)
+    assert (mine <= theirs * (1 + 1e-2)).all()
+    assert np.linalg.norm(W - fitted) < 0.02 * np.linalg.norm(fitted)
+    empty = np.flatnonzero(np.diff(A.indptr) == 0)
+    assert empty.size
+    assert not W[empty].any()
+    plain = transform(store, result.H, alpha_W=1e-4)  # reads the unknown entries as zeros
+    assert np.linalg.norm(plain - W) > 0.3 * np.linalg.norm(W)
+    with pytest.raises(ValueError, match="only beta_loss='frobenius'"):
+        transform(store, result.H, missing="zeros", solver="mu", beta_loss="kullback-leibler")
