@@ -185,7 +185,7 @@ def _print_top_features(H, vocabulary: list[str] | None, n: int) -> None:
 
 def _finish(run_dir: Path, result, seconds: float, n_top: int) -> None:
     """Write W, H, summary and loss curve; print what a person wants to see."""
-    from bignmf.fit.outputs import finish_run
+    from bignmf.fit.outputs import error_over, finish_run
 
     out = finish_run(run_dir, result, seconds)
     if out.plot_skipped:
@@ -195,7 +195,8 @@ def _finish(run_dir: Path, result, seconds: float, n_top: int) -> None:
         )
     state = "converged" if result.converged else "stopped at max_iter"
     rel = out.relative_error
-    over = " on the stored entries" if _record(run_dir).settings.missing else ""
+    missing = _record(run_dir).settings.missing
+    over = "" if missing is None else f" on the {error_over(missing)}"
     print(
         f"{result.n_iter} iterations ({state}) in {seconds:.1f}s; "
         f"reconstruction error{over} {result.reconstruction_err:.6g}"

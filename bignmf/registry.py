@@ -88,12 +88,13 @@ def help_text(kind: str, exclude: tuple[str, ...] = ()) -> str:
     return "; ".join(f"{n}: {summary(kind, n)}" for n in names(kind) if n not in exclude)
 
 
-def check_missing(solver: str, beta: float) -> None:
-    """:class:`ParameterError` unless ``solver`` can fit with missing entries at this β."""
+def check_missing(solver: str, beta: float, missing: str = "zeros") -> None:
+    """:class:`ParameterError` unless ``solver`` can fit with these missing entries at this
+    β (``missing``: a name of the 'missing' table, or ``'mask'``)."""
     from bignmf.kernels.solvers import SolverParams, get_solver
 
     try:
-        get_solver(solver, "zeros").check_params(SolverParams(beta_loss=beta))
+        get_solver(solver, missing).check_params(SolverParams(beta_loss=beta))
     except ValueError as error:
         raise ParameterError(str(error)) from None
 

@@ -36,10 +36,11 @@ from bignmf.fit.init import InitSpec, check_custom, custom_init, nndsvd_init, ra
 from bignmf.fit.predict import predict as predict_entries
 from bignmf.fit.rundir import WORK_W, CheckpointError, RunDir, crc32
 from bignmf.fit.settings import FitSettings, RunOptions, RunRecord
-from bignmf.kernels.solvers import SolverParams, get_solver
+from bignmf.kernels.solvers import MASK, SolverParams, get_solver
 from bignmf.store import blockcache
 from bignmf.store.csr import CSRStore, open_matrix
 from bignmf.store.factors import ZarrBlocks, machine_memory_bytes
+from bignmf.store.masked import MaskedMatrix
 from bignmf.store.matrix import as_block_matrix
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ def nmf(
     l1_ratio: float = 0.0,
     n_inner: int | None = None,
     missing: str | None = None,
+    mask: Any = None,
     w_storage: str = "auto",
     workdir: str | os.PathLike | None = None,
     n_tasks: int | None = None,
@@ -177,6 +179,16 @@ def nmf(
         on each row's and column's own gram, exact in each coordinate) and 'mu' (masked
         multiplicative updates), Frobenius loss, one pass over A per iteration. A row or
         column with no stored entry gets zeros.
+    mask : optional
+        Entries that are unknown whatever A holds there (a held-out set, a dense array's
+        NaNs): any matrix of A's shape that ``A`` could be (a store, a path, scipy.sparse),
+        whose stored entries — their pattern, not their values — are the unknown ones. Every
+        other entry, zeros included, is observed: the objective is ``½·Σ_off the mask
+        (a_ij − (WH)_ij)²`` plus the penalties, and the loss and relative error are over those
+        entries. Every pass, initialisation included, reads A with the masked entries
+        removed. Solvers 'hals' and 'mu', Frobenius loss; not with ``missing``. A mask with
+        no entry is no mask (the plain fit, bit for bit). Its statistics take one pass over A
+        and the mask in this process when the fit starts.
     w_storage : {'auto', 'memory', 'zarr'}
         Keep W's blocks in memory or on disk in ``workdir``. 'auto': on a distributed
         scheduler always on disk (so that an iteration's graph depends only on stored blocks
@@ -246,6 +258,10 @@ def nmf(
     scheduler or the number of tasks: the partial sums are added in a fixed tree.
     """
     matrix = as_block_matrix(A, block_nnz=block_nnz)
+    if mask is not None:
+        if missing is not None:
+            raise ParameterError("give either missing= or mask=, not both")
+        matrix, missing = _masked(matrix, mask)
     options = RunOptions(
         max_iter=max_iter,
         tol=tol,
@@ -296,6 +312,14 @@ def nmf(
         resume,
         recorded,
     )
+
+
+def _masked(matrix, mask) -> tuple[Any, str | None]:
+    """A with ``mask`` (and missing='mask'), or A alone (and None) for a mask with no entry."""
+    unknown = as_block_matrix(mask)
+    if unknown.nnz == 0:
+        return matrix, None
+    return MaskedMatrix(matrix, unknown), MASK
 
 
 def _with_tasks(options: RunOptions) -> RunOptions:
@@ -476,7 +500,7 @@ def _fit(job: _Job) -> NMFResult:
         with threadpool_limits(limits=1), placement(runner.workers):
             restored = run_dir.load(lambda ckpt: state.restore_w(ckpt)) if job.resumed else None
             if restored is None:
-                if settings.missing is not None:
+                if settings.missing == "zeros":  # off a mask, every row sees most columns
                     found = count_entries(reads, job.plan.groups, runner, k)
                     warn_about(found, job.params.l2_W, job.params.l2_H)
                 _initialize(state, settings, *job.initial)
@@ -532,6 +556,11 @@ def _matrix_record(matrix) -> dict:
         "n_blocks": int(matrix.n_blocks),
         "row_offsets_crc32": crc32(np.asarray(matrix.row_offsets, dtype="<i8")),
     }
+    record["frobenius_sq"] = float(matrix.frobenius_sq)  # of what the fit sees
+    if isinstance(matrix, MaskedMatrix):
+        if isinstance(matrix.mask, CSRStore):
+            record["mask"] = {"path": os.path.abspath(matrix.mask.path), "key": matrix.mask.key}
+        matrix = matrix.matrix
     if isinstance(matrix, CSRStore):
         record.update(path=os.path.abspath(matrix.path), key=matrix.key)
     return record
@@ -619,7 +648,9 @@ def _parsed(overrides: dict) -> dict:
     return overrides
 
 
-def resume(run_dir: str | os.PathLike, *, A: Any = None, **overrides: Any) -> NMFResult:
+def resume(
+    run_dir: str | os.PathLike, *, A: Any = None, mask: Any = None, **overrides: Any
+) -> NMFResult:
     """Continue a checkpointed run with the settings it was started with.
 
     Parameters
@@ -628,6 +659,8 @@ def resume(run_dir: str | os.PathLike, *, A: Any = None, **overrides: Any) -> NM
         A run directory made by ``nmf(..., checkpoint_dir=...)`` or ``bignmf fit``.
     A : optional
         The matrix; by default the store recorded in the run (in-memory inputs must be given).
+    mask : optional
+        The run's ``mask``; by default the store recorded (an in-memory mask must be given).
     **overrides
         Any of :meth:`RunOptions.may_change <bignmf.fit.settings.RunOptions.may_change>`
         (``max_iter``, ``tol``, ``stopping``, ``checkpoint_every``, ``checkpoint_seconds``,
@@ -652,6 +685,12 @@ def resume(run_dir: str | os.PathLike, *, A: Any = None, **overrides: Any) -> NM
             raise CheckpointError(f"{run_dir} was run on an in-memory matrix: pass it as A=")
         A = open_matrix(*record.store, block_nnz=record.options.block_nnz)
     matrix = as_block_matrix(A, block_nnz=record.options.block_nnz)
+    if record.settings.missing == MASK:
+        if mask is None and "mask" not in record.matrix:
+            raise CheckpointError(f"{run_dir} was run with an in-memory mask: pass it as mask=")
+        if mask is None:
+            mask = open_matrix(record.matrix["mask"]["path"], record.matrix["mask"]["key"])
+        matrix, _ = _masked(matrix, mask)
     given = {name: overrides.pop(name) for name in OBSERVERS if name in overrides}
     options = RunOptions.from_record(record.options.to_record(), **_parsed(overrides))
     observers = _callbacks(

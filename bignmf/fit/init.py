@@ -48,7 +48,8 @@ def random_scale(matrix: Any, k: int, observed_only: bool = False) -> float:
     """scikit-learn's scale for random init: ``sqrt(mean(A) / k)``; with ``observed_only``
     the mean of the stored entries, so that ``W·H`` starts at the observed values' scale."""
     m, n = matrix.shape
-    count = matrix.nnz if observed_only else m * n
+    # a masked matrix knows its observed entries (zeros among them); else the stored ones
+    count = getattr(matrix, "observed", matrix.nnz) if observed_only else m * n
     return float(np.sqrt(matrix.value_sum / max(count, 1) / k))
 
 

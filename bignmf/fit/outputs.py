@@ -118,11 +118,13 @@ def finish_run(run_dir: str | os.PathLike, result: Any, seconds: float) -> RunOu
     except ImportError as error:
         png, skipped = None, f"matplotlib cannot be imported ({error})"
     rel = None
-    if result.loss_history and record.settings.beta_loss == 2 and record.store is not None:
+    norm = record.matrix.get("frobenius_sq")  # of the entries the fit saw (off a mask)
+    if norm is None and record.store is not None:  # a run recorded before it was
         from bignmf.store.csr import open_matrix
 
         norm = open_matrix(*record.store).frobenius_sq
-        rel = result.reconstruction_err / norm**0.5 if norm else None
+    if result.loss_history and record.settings.beta_loss == 2 and norm:
+        rel = result.reconstruction_err / norm**0.5
     summary = {
         "n_components": record.settings.n_components,
         "n_iter": result.n_iter,
@@ -130,7 +132,7 @@ def finish_run(run_dir: str | os.PathLike, result: Any, seconds: float) -> RunOu
         "reconstruction_err": result.reconstruction_err,
         "relative_error": rel,
         # what the error is taken over: with missing entries, the stored ones only
-        "error_over": "stored entries" if record.settings.missing else "all entries",
+        "error_over": error_over(record.settings.missing),
         "seconds": seconds,
         "W": str(w_path),
         "H": str(h_path),
@@ -140,6 +142,11 @@ def finish_run(run_dir: str | os.PathLike, result: Any, seconds: float) -> RunOu
     }
     path = write_summary(run.path, summary)
     return RunOutputs(w_path, h_path, path, run.metrics_path, png, skipped, rel)
+
+
+def error_over(missing: str | None) -> str:
+    """What a run's error is taken over, in words."""
+    return {None: "all entries", "zeros": "stored entries"}.get(missing, "entries off the mask")
 
 
 def read_summary(run_dir: str | os.PathLike) -> dict | None:

@@ -22,6 +22,7 @@ import numpy as np
 
 from bignmf import registry
 from bignmf.errors import ParameterError
+from bignmf.kernels.solvers import MASK
 from bignmf.plan import default_init
 
 
@@ -47,8 +48,8 @@ class FitSettings:
     column_chunks : int
         Column ranges of H (1: one fused pass per iteration).
     missing : str or None
-        Which entries are unknown: None (none), or a name of the registry's 'missing' table
-        (``'zeros'``: every entry that is not stored).
+        Which entries are unknown: None (none), a name of the registry's 'missing' table
+        (``'zeros'``: every entry that is not stored), or ``'mask'`` (those of ``mask=``).
     """
 
     n_components: int
@@ -96,8 +97,9 @@ class FitSettings:
         registry.check("solver", solver)
         beta = registry.beta_value(beta_loss)
         if missing is not None:
-            registry.check("missing", missing)
-            registry.check_missing(solver, beta)
+            if missing != MASK:  # a mask is given as mask=, not named
+                registry.check("missing", missing)
+            registry.check_missing(solver, beta, missing)
         init = default_init(init, k, shape)
         registry.check("init", init)
         if init.startswith("nndsvd") and k > min(shape):

@@ -34,6 +34,7 @@ from bignmf.kernels._util import DEFAULT_BATCH_ELEMENTS, as_csr
 __all__ = [
     "cd_rows",
     "observed_loss",
+    "packed",
     "packed_outer",
     "packed_size",
     "pattern",
@@ -75,6 +76,11 @@ def packed_outer(X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
             np.multiply(x[:, a : a + 1], x[:, a:], out=o[:, start : start + k - a])
             start += k - a
     return out
+
+
+def packed(G: np.ndarray) -> np.ndarray:
+    """A symmetric k × k gram's upper triangle, packed (:func:`packed_outer` order), float64."""
+    return np.asarray(G, dtype=np.float64)[np.triu_indices(G.shape[0])]
 
 
 def pattern(A_i) -> sp.csr_matrix:

@@ -70,16 +70,27 @@ from bignmf.kernels.mu import (
     mu_update_h,
     mu_update_w,
 )
-from bignmf.kernels.observed import cd_rows, observed_loss, packed_outer, packed_size, pattern
+from bignmf.kernels.observed import (
+    cd_rows,
+    observed_loss,
+    packed,
+    packed_outer,
+    packed_size,
+    pattern,
+)
 from bignmf.kernels.products import a_ht, accumulate_at_w, gram, inner, wh_at_nonzeros
 
 __all__ = [
+    "MASK",
+    "MASKED_SOLVERS",
     "MISSING",
     "OBSERVED_SOLVERS",
     "SOLVERS",
     "BPPSolver",
     "HALSSolver",
     "MUSolver",
+    "MaskedHALSSolver",
+    "MaskedMUSolver",
     "ObservedHALSSolver",
     "ObservedMUSolver",
     "Regularization",
@@ -102,6 +113,8 @@ BETA_NAMES = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
 MISSING = {
     "zeros": "every entry that is not stored is unknown: the fit sees only the stored ones",
 }
+#: ``missing`` of a fit given ``mask=``: the mask's entries are unknown, every other is seen.
+MASK = "mask"
 
 
 def beta_loss_to_float(beta_loss: float | str) -> float:
@@ -217,7 +230,7 @@ class SolverParams:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "beta_loss", beta_loss_to_float(self.beta_loss))
-        if self.missing is not None and self.missing not in MISSING:
+        if self.missing is not None and self.missing not in (*MISSING, MASK):
             choices = ", ".join(repr(name) for name in MISSING)
             raise ValueError(f"missing must be None or one of {choices}, got {self.missing!r}")
         for name in ("l1_W", "l2_W", "l1_H", "l2_H"):
@@ -858,6 +871,132 @@ class ObservedMUSolver(_ObservedSolver):
         return np.ascontiguousarray(Ht_new.T), float(acc["loss"])
 
 
+class _MaskedSolver(Solver):
+    """The Frobenius loss on every entry off a mask (``mask=``): the blocks are A' (A off the
+    mask) carrying their mask rows (:class:`bignmf.store.masked.MaskedBlock`). The plain sums
+    over A' give the loss and grams of all entries; the mask's entries are taken out again,
+    ``W_iᵀ·(M∘WH)``-style, on the mask's pattern only."""
+
+    def new_accumulator(self, n, k, dtype, beta_loss=2.0):
+        acc = super().new_accumulator(n, k, dtype, beta_loss)  # AtW, WtW, cross, W_l1
+        acc["mask_sq"] = np.zeros((), dtype=np.float64)
+        return acc
+
+    def _new_w(self, A_i, M, W_i, Ht, HHt, params, aht):
+        raise NotImplementedError
+
+    def _accumulate_mask(self, M, W_new, wh, acc):
+        raise NotImplementedError
+
+    def update_w_block(self, A_i, W_i, H, Ht, HHt, params, acc, work=None):
+        M = A_i.unknown
+        A_i, W_i, Ht, dtype = self._prepare_block(A_i, W_i, Ht, params)
+        HHt = self._check_hht(HHt, W_i.shape[1])
+        aht = a_ht(A_i, Ht, out=scratch(work, "aht", W_i.shape, dtype))
+        W_new = self._new_w(A_i, M, W_i, Ht, HHt, params, aht)
+        self._accumulate_frobenius(A_i, W_new, aht, acc)
+        wh = wh_at_nonzeros(M, W_new, Ht)
+        wh64 = wh.astype(np.float64)
+        acc["mask_sq"] += np.dot(wh64, wh64)
+        self._accumulate_mask(M, W_new, wh, acc)
+        return W_new
+
+    def _masked_loss(self, acc, Ht, norm_a_sq):
+        # ½Σ_all (a' − wh)² − ½Σ_mask wh²: A' is 0 under the mask
+        return self._frobenius_loss(acc, Ht, norm_a_sq) - 0.5 * float(acc["mask_sq"])
+
+    def w_from_aht(self, W_i, aht, HHt, params):
+        raise ValueError("a mask needs each row's own gram: H cannot be cut into column ranges")
+
+
+class MaskedHALSSolver(_MaskedSolver):
+    """Coordinate descent on each row's (and column's) gram over the entries off the mask."""
+
+    name: ClassVar[str] = "hals"
+
+    def new_accumulator(self, n, k, dtype, beta_loss=2.0):
+        acc = super().new_accumulator(n, k, dtype, beta_loss)
+        acc["mask_grams"] = np.zeros((n, packed_size(k)), dtype=np.float64)
+        return acc
+
+    def _new_w(self, A_i, M, W_i, Ht, HHt, params, aht):
+        grams = packed(HHt)[np.newaxis, :] - a_ht(M, packed_outer(Ht))
+        W_new = W_i.copy()
+        cd_rows(
+            W_new,
+            aht,
+            grams,
+            l1=params.l1_W,
+            l2=params.l2_W,
+            n_sweeps=params.n_inner,
+            batch_elements=params.batch_elements,
+        )
+        return W_new
+
+    def _accumulate_mask(self, M, W_new, wh, acc):
+        accumulate_at_w(M, packed_outer(W_new), acc["mask_grams"])
+
+    def update_h(self, H, acc, params, norm_a_sq=None):
+        self.check_params(params)
+        Ht = self._ht_of(H, acc)
+        loss = self._masked_loss(acc, Ht, norm_a_sq)
+        Ht_new = Ht.copy()
+        grams = packed(acc["WtW"])[np.newaxis, :] - acc["mask_grams"]
+        cd_rows(
+            Ht_new,
+            acc["AtW"],
+            grams,
+            l1=params.l1_H,
+            l2=params.l2_H,
+            n_sweeps=params.n_inner,
+            batch_elements=params.batch_elements,
+        )
+        return np.ascontiguousarray(Ht_new.T), loss
+
+    def loss_after_h(self, acc, H, norm_a_sq):
+        whole = super().loss_after_h(acc, H, norm_a_sq)
+        if whole is None:
+            return None
+        Ht = np.ascontiguousarray(H.T, dtype=np.float64)
+        weights = _off_diagonal_twice(H.shape[0])
+        masked = float(np.vdot(acc["mask_grams"], packed_outer(Ht) * weights))
+        return max(whole - 0.5 * masked, 0.0)
+
+
+class MaskedMUSolver(_MaskedSolver):
+    """Multiplicative updates over the entries off the mask."""
+
+    name: ClassVar[str] = "mu"
+
+    def new_accumulator(self, n, k, dtype, beta_loss=2.0):
+        acc = super().new_accumulator(n, k, dtype, beta_loss)
+        acc["mask_den"] = np.zeros_like(acc["AtW"])
+        return acc
+
+    def _new_w(self, A_i, M, W_i, Ht, HHt, params, aht):
+        wh = wh_at_nonzeros(M, W_i, Ht)
+        denominator = W_i @ HHt.astype(W_i.dtype) - a_ht(csr_with_data(M, wh), Ht)
+        np.maximum(denominator, 0, out=denominator)  # rounding may leave tiny negatives
+        W_new = W_i.copy()
+        mu_step(W_new, aht, denominator, l1=params.l1_W, l2=params.l2_W, keep_numerator=True)
+        return W_new
+
+    def _accumulate_mask(self, M, W_new, wh, acc):
+        accumulate_at_w(csr_with_data(M, wh), W_new, acc["mask_den"])
+
+    def update_h(self, H, acc, params, norm_a_sq=None):
+        self.check_params(params)
+        Ht = self._ht_of(H, acc)
+        loss = self._masked_loss(acc, Ht, norm_a_sq)
+        denominator = Ht @ acc["WtW"].astype(Ht.dtype) - acc["mask_den"]
+        np.maximum(denominator, 0, out=denominator)
+        Ht_new = mu_update_h(Ht, acc["AtW"], denominator, beta=2.0, l1=params.l1_H, l2=params.l2_H)
+        return np.ascontiguousarray(Ht_new.T), loss
+
+    def loss_after_h(self, acc, H, norm_a_sq):
+        return None  # the mask's part of the new H's loss needs its columns' grams
+
+
 def _observed_accumulator(n: int, k: int, dtype) -> Accumulator:
     dtype = np.dtype(dtype) if np.dtype(dtype).kind == "f" else np.dtype(np.float64)
     return {
@@ -878,6 +1017,12 @@ SOLVERS: dict[str, Solver] = {
 OBSERVED_SOLVERS: dict[str, Solver] = {
     "hals": ObservedHALSSolver(),
     "mu": ObservedMUSolver(),
+}
+
+#: The solvers that fit every entry off a mask (``mask=``), by the same names.
+MASKED_SOLVERS: dict[str, Solver] = {
+    "hals": MaskedHALSSolver(),
+    "mu": MaskedMUSolver(),
 }
 
 
@@ -902,12 +1047,12 @@ def get_solver(name: str, missing: str | None = None) -> Solver:
         version for missing entries.
     """
     if missing is not None and name in SOLVERS:
-        if name not in OBSERVED_SOLVERS:
+        table = MASKED_SOLVERS if missing == MASK else OBSERVED_SOLVERS
+        if name not in table:
             raise ValueError(
-                f"solver {name!r} cannot fit missing entries; use one of "
-                f"{', '.join(sorted(OBSERVED_SOLVERS))}"
+                f"solver {name!r} cannot fit missing entries; use one of {', '.join(sorted(table))}"
             )
-        return OBSERVED_SOLVERS[name]
+        return table[name]
     try:
         return SOLVERS[name]
     except (KeyError, TypeError):

@@ -238,3 +238,83 @@ def test_transform_fits_new_rows_to_their_stored_entries(ratings):
     assert np.linalg.norm(plain - W) > 0.3 * np.linalg.norm(W)
     with pytest.raises(ValueError, match="only beta_loss='frobenius'"):
         transform(store, result.H, missing="zeros", solver="mu", beta_loss="kullback-leibler")
+
+
+# --------------------------------------------------------------------------- a mask
+
+
+@pytest.fixture(scope="module")
+def masked(tmp_path_factory):
+    """A planted low-rank store and a held-out mask stored in other row blocks."""
+    root = tmp_path_factory.mktemp("masked")
+    rng = np.random.default_rng(5)
+    W, H = rng.random((700, K)), rng.random((K, 90))
+    A = sp.random(700, 90, density=0.4, format="csr", random_state=5)
+    A.data = (W @ H)[A.nonzero()].astype(np.float32)
+    mask = sp.random(700, 90, density=0.1, format="csr", random_state=6)
+    store = bignmf.convert(A, root / "A.zarr", block_rows=64)
+    mask_store = bignmf.convert(mask, root / "mask.zarr", block_rows=150)
+    return store, mask_store, A, mask
+
+
+def test_a_mask_fit_equals_the_dense_references(masked):
+    store, mask_store, A, mask = masked
+    W0, H0 = custom_start(store.shape, seed=1)
+    observed = mask.toarray() == 0
+    A64, start64 = A.astype(np.float64), (W0.astype(np.float64), H0.astype(np.float64))
+    reference = {
+        "hals": dense_cd(A64, *start64, 5, observed=observed),
+        "mu": dense_masked_mu(A64, *start64, 5, observed=observed),
+    }
+    run = {"init": "custom", "W": W0, "H": H0, "tol": 0, "max_iter": 5, "scheduler": "sync"}
+    for solver, (W_ref, H_ref) in reference.items():
+        result = bignmf.nmf(store, K, mask=mask_store, solver=solver, **run)
+        np.testing.assert_allclose(np.asarray(result.W), W_ref, rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(result.H, H_ref, rtol=1e-3, atol=1e-5)
+
+
+def test_a_mask_gives_the_same_bits_everywhere_and_resumes(tmp_path, masked, dask_cluster):
+    from distributed import Client
+
+    store, mask_store, _, _ = masked
+    run = {"init": "random", "random_state": 2, "tol": 0, "max_iter": 6, "mask": mask_store}
+    reference = bignmf.nmf(store, K, scheduler="sync", **run)
+    same_bits(bignmf.nmf(store, K, scheduler="threads", n_tasks=3, **run), reference)
+    with Client(dask_cluster, timeout=60) as client:
+        same_bits(bignmf.nmf(store, K, scheduler=client, workdir=tmp_path / "d", **run), reference)
+    first = {**run, "max_iter": 3, "checkpoint_every": 2}
+    bignmf.nmf(store, K, scheduler="sync", checkpoint_dir=tmp_path / "run", **first)
+    recorded = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert recorded["settings"]["missing"] == "mask"
+    assert recorded["matrix"]["mask"]["path"] == str(mask_store.path)
+    same_bits(bignmf.resume(tmp_path / "run", max_iter=6, scheduler="threads"), reference)
+
+
+def test_an_empty_mask_is_no_mask_and_bad_masks_are_refused(tmp_path, masked):
+    store, _, A, _ = masked
+    run = {"init": "random", "random_state": 2, "tol": 0, "max_iter": 3, "scheduler": "sync"}
+    empty = sp.csr_matrix(A.shape)
+    same_bits(bignmf.nmf(store, K, mask=empty, **run), bignmf.nmf(store, K, **run))
+    wide = sp.random(700, 91, density=0.1, format="csr")
+    cases = [
+        ({"mask": wide}, "the mask is 700 x 91; A is 700 x 90"),
+        ({"mask": A, "missing": "zeros"}, "either missing= or mask="),
+        ({"mask": A, "solver": "bpp"}, "solver 'bpp' cannot fit missing entries"),
+    ]
+    for options, message in cases:
+        with pytest.raises(ParameterError, match=message):
+            bignmf.nmf(store, K, checkpoint_dir=tmp_path / "run", **run, **options)
+        assert not (tmp_path / "run").exists()
+
+
+def test_a_run_with_an_in_memory_mask_needs_it_to_resume(tmp_path, masked):
+    store, _, _, mask = masked
+    run = {"init": "random", "random_state": 2, "tol": 0, "scheduler": "sync"}
+    whole = bignmf.nmf(store, K, mask=mask, max_iter=4, **run)
+    bignmf.nmf(store, K, mask=mask, max_iter=2, checkpoint_dir=tmp_path / "run", **run)
+    with pytest.raises(CheckpointError, match="in-memory mask: pass it as mask="):
+        bignmf.resume(tmp_path / "run", max_iter=4)
+    same_bits(bignmf.resume(tmp_path / "run", mask=mask, max_iter=4), whole)
+    other = sp.random(*mask.shape, density=0.1, format="csr", random_state=99)
+    with pytest.raises(CheckpointError, match="another matrix"):
+        bignmf.resume(tmp_path / "run", mask=other, max_iter=4)

@@ -45,10 +45,11 @@ def fit_blocks(A, W, H, solver, params, n_iter, cuts=(0, 17, 35, None)):
     return W, H, losses
 
 
-def dense_cd(A, W, H, n_iter, l1=0.0, l2=0.0, n_sweeps=1):
-    """Coordinate descent on each row's and column's own gram, one entry at a time."""
-    M = (A != 0).toarray()
-    X = A.toarray()
+def dense_cd(A, W, H, n_iter, l1=0.0, l2=0.0, n_sweeps=1, observed=None):
+    """Coordinate descent on each row's and column's own gram over the ``observed`` entries
+    (default: the stored ones), one entry at a time."""
+    M = (A != 0).toarray() if observed is None else observed
+    X = A.toarray() * M
     W, H = W.copy(), H.copy()
 
     def half_step(F, G, data, mask):  # F rows updated against the fixed factor G (k, n)
@@ -72,10 +73,11 @@ def dense_cd(A, W, H, n_iter, l1=0.0, l2=0.0, n_sweeps=1):
     return W, H
 
 
-def dense_masked_mu(A, W, H, n_iter):
-    """Lee & Seung's updates for ½Σ_observed (a − wh)², dense, with scikit-learn's EPSILON."""
-    M = (A != 0).toarray().astype(float)
-    X = A.toarray()
+def dense_masked_mu(A, W, H, n_iter, observed=None):
+    """Lee & Seung's updates for ½Σ_observed (a − wh)², dense, with scikit-learn's EPSILON
+    (observed: the stored entries by default)."""
+    M = ((A != 0).toarray() if observed is None else observed).astype(float)
+    X = A.toarray() * M
     W, H = W.copy(), H.copy()
     for _ in range(n_iter):
         den = (M * (W @ H)) @ H.T
@@ -199,3 +201,77 @@ def test_bpp_and_other_losses_are_refused_with_missing_entries():
         get_solver("mu", "zeros").new_accumulator(4, 2, np.float64, beta_loss=1.0)
     with pytest.raises(ValueError, match="missing must be None or one of 'zeros'"):
         SolverParams(missing="nan")
+
+
+# --------------------------------------------------------------------------- a mask
+
+
+def masked_blocks(A, mask, block_rows=13):
+    from bignmf.store.masked import MaskedMatrix
+    from bignmf.store.matrix import MemoryMatrix
+
+    return MaskedMatrix(MemoryMatrix(A, block_rows=block_rows), MemoryMatrix(mask, block_rows=7))
+
+
+def fit_masked(masked, W, H, solver, params, n_iter):
+    W, H = W.copy(), H.copy()
+    losses = []
+    for _ in range(n_iter):
+        Ht, HHt = prepare_h(H)
+        total = solver.new_accumulator(masked.shape[1], H.shape[0], masked.dtype)
+        for i in range(masked.n_blocks):
+            r0, r1 = masked.block_rows(i)
+            acc = solver.new_accumulator(masked.shape[1], H.shape[0], masked.dtype)
+            W[r0:r1] = solver.update_w_block(
+                masked.read_block(i), W[r0:r1], H, Ht, HHt, params, acc
+            )
+            solver.combine(total, acc)
+        H, loss = solver.update_h(H, total, params, masked.frobenius_sq)
+        losses.append(loss)
+    return W, H, losses, total
+
+
+@pytest.fixture
+def with_mask():
+    A, W0, H0 = ratings(m=45, n=30, density=0.5, seed=11, noise=0.05)
+    mask = sp.random(45, 30, density=0.25, format="csr", random_state=12)
+    observed = mask.toarray() == 0  # every entry off the mask, zeros included
+    return A, mask, observed, W0, H0
+
+
+@pytest.mark.parametrize(("l2", "n_inner"), [(0.0, 1), (0.2, 3)])
+def test_masked_hals_equals_dense_coordinate_descent(with_mask, l2, n_inner):
+    A, mask, observed, W0, H0 = with_mask
+    params = SolverParams(missing="mask", n_inner=n_inner, l2_W=l2, l2_H=l2)
+    W, H, _, _ = fit_masked(masked_blocks(A, mask), W0, H0, get_solver("hals", "mask"), params, 5)
+    W_ref, H_ref = dense_cd(A, W0, H0, 5, l2=l2, n_sweeps=n_inner, observed=observed)
+    np.testing.assert_allclose(W, W_ref, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(H, H_ref, rtol=1e-9, atol=1e-12)
+
+
+def test_masked_mu_equals_dense_masked_mu(with_mask):
+    A, mask, observed, W0, H0 = with_mask
+    masked, solver = masked_blocks(A, mask), get_solver("mu", "mask")
+    W, H, _, _ = fit_masked(masked, W0, H0, solver, SolverParams(missing="mask"), 5)
+    W_ref, H_ref = dense_masked_mu(A, W0, H0, 5, observed=observed)
+    np.testing.assert_allclose(W, W_ref, rtol=1e-9)
+    np.testing.assert_allclose(H, H_ref, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["hals", "mu"])
+def test_masked_losses_are_of_the_entries_off_the_mask(with_mask, name):
+    A, mask, observed, W0, H0 = with_mask
+    masked, solver = masked_blocks(A, mask), get_solver(name, "mask")
+    params = SolverParams(missing="mask")
+    W1, H1, (loss,), total = fit_masked(masked, W0, H0, solver, params, 1)
+    X = A.toarray()
+
+    def objective(W, H):
+        return 0.5 * float((((X - W @ H) * observed) ** 2).sum())
+
+    assert loss == pytest.approx(objective(W1, H0), rel=1e-10)
+    after = solver.loss_after_h(total, H1, masked.frobenius_sq)
+    if name == "hals":
+        assert after == pytest.approx(objective(W1, H1), rel=1e-9)
+    else:
+        assert after is None
