@@ -15,6 +15,7 @@ from numbers import Integral, Real
 from typing import Any, ClassVar
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.base import (
     BaseEstimator,
     ClassNamePrefixFeaturesOutMixin,
@@ -24,12 +25,13 @@ from sklearn.base import (
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
 
 from bignmf import registry
 from bignmf.fit.driver import IterationInfo
 from bignmf.fit.engine import nmf
 from bignmf.fit.transform import transform as transform_rows
+from bignmf.kernels.solvers import MASKED_SOLVERS
 from bignmf.store.csr import CSRStore
 from bignmf.store.matrix import MemoryMatrix, as_block_matrix
 
@@ -37,6 +39,29 @@ __all__ = ["NMF"]
 
 #: scikit-learn's solver names mapped to the engine's, with the HALS sweeps they imply.
 _SOLVERS = registry.estimator_solvers()
+
+
+def _nan_as_unknown(X, missing: str | None):
+    """X with its NaNs as zeros, and their pattern (None when there is none): the entries a
+    fit must not see. With ``missing='zeros'`` a NaN is simply not stored (no mask needed)."""
+    if sp.issparse(X):
+        X = X.tocsr()
+        nan = np.isnan(X.data)
+        if not nan.any():
+            return X, None
+        rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))[nan]
+        cols = X.indices[nan]
+        X = X.copy()
+        X.data[nan] = 0
+        X.eliminate_zeros()
+    else:
+        nan = np.isnan(X)
+        if not nan.any():
+            return X, None
+        rows, cols = np.nonzero(nan)
+        X = np.where(nan, 0, X)
+    unknown = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=X.shape)
+    return X, (None if missing is not None else unknown)
 
 
 def _is_store(X: Any) -> bool:
@@ -276,7 +301,9 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
         Parameters
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features), path or CSRStore
-            Training data, in memory or as a bignmf store.
+            Training data, in memory or as a bignmf store. A NaN in memory is an unknown
+            entry: the fit minimises the error on the other entries only (``mask=`` of
+            :func:`bignmf.nmf`; solvers 'hals', 'cd', 'mu').
         y : Ignored
             Not used, present for API consistency by convention.
         W : array-like of shape (n_samples, n_components), default=None
@@ -304,7 +331,9 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
         Parameters
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features), path or CSRStore
-            Training data, in memory or as a bignmf store.
+            Training data, in memory or as a bignmf store. A NaN in memory is an unknown
+            entry: the fit minimises the error on the other entries only (``mask=`` of
+            :func:`bignmf.nmf`; solvers 'hals', 'cd', 'mu').
         y : Ignored
             Not used, present for API consistency by convention.
         W : array-like of shape (n_samples, n_components), default=None
@@ -326,7 +355,7 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
         Parameters
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features), path or CSRStore
-            Data, in memory or as a bignmf store.
+            Data, in memory or as a bignmf store; a NaN is an unknown entry, as in ``fit``.
 
         Returns
         -------
@@ -343,7 +372,7 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
         Memory: one row block of X per task, H, and W when kept in memory.
         """
         check_is_fitted(self)
-        matrix, in_memory = self._matrix(X, reset=False)
+        matrix, in_memory, unknown = self._matrix(X, reset=False)
         return transform_rows(
             matrix,
             self.components_,
@@ -358,6 +387,7 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
             n_tasks=self.n_tasks,
             scheduler=self.scheduler,
             missing=self.missing,
+            mask=unknown,
         )
 
     def inverse_transform(self, X):
@@ -392,10 +422,15 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.positive_only = True
         tags.input_tags.sparse = True
+        tags.input_tags.allow_nan = self._takes_nan()
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
 
     # ---------------------------------------------------------------- private
+
+    def _takes_nan(self) -> bool:
+        """Whether a NaN in X may mean an unknown entry: the solver can fit around a mask."""
+        return _SOLVERS.get(self.solver, (None,))[0] in MASKED_SOLVERS
 
     def _matrix(self, X, *, reset: bool):
         """X as a block matrix, and whether it is held in memory; sets ``n_features_in_``."""
@@ -412,9 +447,11 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
                 accept_sparse=("csr", "csc"),
                 dtype=[np.float64, np.float32],
                 reset=reset,
-                ensure_non_negative=True,
+                ensure_all_finite="allow-nan" if self._takes_nan() else True,
             )
-            return MemoryMatrix(X, block_nnz=self.block_nnz), True
+            X, unknown = _nan_as_unknown(X, self.missing)
+            check_non_negative(X, f"{type(self).__name__} (input X)")
+            return MemoryMatrix(X, block_nnz=self.block_nnz), True, unknown
         matrix = as_block_matrix(X, block_nnz=self.block_nnz)
         n = matrix.shape[1]
         if reset:
@@ -426,7 +463,7 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
                 f"X has {n} features, but {type(self).__name__} is expecting "
                 f"{self.n_features_in_} features as input."
             )
-        return matrix, False
+        return matrix, False, None
 
     def _n_components_for(self, n_features: int, H) -> int:
         if self.n_components is None:
@@ -465,7 +502,7 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
 
     def _fit_transform(self, X, W=None, H=None, *, keep_w: bool = True):
         """Fit on X; return W (None unless ``keep_w``). Parameters are already validated."""
-        matrix, in_memory = self._matrix(X, reset=True)
+        matrix, in_memory, unknown = self._matrix(X, reset=True)
         m, n = matrix.shape
         W, H, k = self._initial_factors((m, n), matrix.dtype, W, H)
         solver, n_inner = _SOLVERS[self.solver]
@@ -519,6 +556,7 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
                 l1_ratio=self.l1_ratio,
                 n_inner=self.n_inner if n_inner is None else n_inner,
                 missing=self.missing,
+                mask=unknown,
                 w_storage=self.w_storage,
                 workdir=workdir,
                 n_tasks=self.n_tasks,

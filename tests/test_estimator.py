@@ -276,3 +276,28 @@ def test_missing_entries_fit_and_transform_the_stored_entries_only(tmp_path):
     )
     with pytest.raises(ValueError, match="missing"):
         NMF(3, missing="nan").fit(A)
+
+
+def test_nan_in_x_is_an_unknown_entry():
+    rng = np.random.default_rng(3)
+    X = rng.random((120, 3)) @ rng.random((3, 25))
+    held = rng.random(X.shape) < 0.1
+    X_nan = np.where(held, np.nan, X)
+    options = {"init": "random", "random_state": 0, "tol": 0, "max_iter": 150, "n_inner": 3}
+    model = NMF(3, scheduler="sync", **options)
+    W = model.fit_transform(X_nan)
+    # what nmf gives with the NaNs as a mask, bit for bit
+    unknown = sp.csr_matrix(held)
+    masked = nmf(
+        np.where(held, 0, X), 3, mask=unknown, scheduler="sync", stopping="sklearn", **options
+    )
+    assert W.tobytes() == np.asarray(masked.W).tobytes()
+    predicted = (W @ model.components_)[held]
+    assert np.sqrt(np.mean((predicted - X[held]) ** 2)) < 1e-2  # the held-out entries, found
+    sparse = NMF(3, scheduler="sync", **options).fit_transform(sp.csr_matrix(X_nan))
+    assert sparse.tobytes() == W.tobytes()
+    assert np.linalg.norm(model.transform(X_nan) - W) < 1e-3 * np.linalg.norm(W)
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        NMF(3, solver="bpp").fit(X_nan)
+    with pytest.raises(ValueError, match="Negative values"):
+        NMF(3).fit(np.where(held, np.nan, -X))

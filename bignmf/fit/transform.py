@@ -27,7 +27,7 @@ from bignmf.errors import ConvergenceWarning
 from bignmf.fit.graph import WIO, block_pass
 from bignmf.fit.init import random_scale
 from bignmf.fit.reduction import aligned_groups
-from bignmf.kernels.solvers import SolverParams
+from bignmf.kernels.solvers import MASK, SolverParams
 from bignmf.kernels.transform import (
     FixedH,
     TransformSpec,
@@ -36,6 +36,7 @@ from bignmf.kernels.transform import (
     observed_transform_step,
 )
 from bignmf.store.factors import ZarrBlocks, choose_storage
+from bignmf.store.masked import MaskedMatrix
 from bignmf.store.matrix import MemoryMatrix, as_block_matrix
 
 __all__ = ["ConvergenceWarning", "transform"]
@@ -81,6 +82,7 @@ def transform(
     split_every: int = 8,
     scheduler: Any = None,
     missing: str | None = None,
+    mask: Any = None,
 ) -> Any:
     """Non-negative coefficients W of the rows of A against fixed components H (A ≈ W·H).
 
@@ -123,6 +125,9 @@ def transform(
         ``'zeros'``: each row is fitted to its stored entries only, as a fit with
         ``missing="zeros"`` fits them (coordinate descent on the row's own gram, ``max_iter``
         sweeps; Frobenius; solver 'bpp' or 'hals'); a row with no stored entry gets zeros.
+    mask : optional
+        Entries of A that are unknown (see :func:`bignmf.nmf`'s ``mask``): each row is fitted
+        to every entry off the mask, zeros included, the same way. Not with ``missing``.
 
     Returns
     -------
@@ -169,11 +174,15 @@ def transform(
         raise ValueError(f"tol must be >= 0, got {tol!r}")
     if missing is not None:
         registry.check("missing", missing)
-        if beta != 2:
-            raise ValueError(
-                f"missing entries support only beta_loss='frobenius', got {beta_loss!r}"
-            )
+    if (missing is not None or mask is not None) and beta != 2:
+        raise ValueError(f"missing entries support only beta_loss='frobenius', got {beta_loss!r}")
     matrix = as_block_matrix(A, block_nnz=block_nnz)
+    if mask is not None:
+        if missing is not None:
+            raise ValueError("give either missing= or mask=, not both")
+        unknown = as_block_matrix(mask)
+        if unknown.nnz:
+            matrix, missing = MaskedMatrix(matrix, unknown), MASK
     m, n = matrix.shape
     H = _check_h(H, n)
     k = H.shape[0]
