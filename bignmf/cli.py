@@ -138,10 +138,15 @@ def _existing(path: str) -> Path:
 
 
 def _as_store(
-    path: str, run_dir: Path, key: str | None, block_nnz: int | None, reuse: bool = False
+    path: str,
+    run_dir: Path,
+    key: str | None,
+    block_nnz: int | None,
+    reuse: bool = False,
+    name: str | None = None,
 ):
-    """A store as given, or the input converted into ``RUN_DIR/A.zarr`` first (``reuse``: the
-    conversion an earlier attempt of the same fit committed there)."""
+    """A store as given, or the input converted into ``RUN_DIR/A.zarr`` (or ``name``) first
+    (``reuse``: the conversion an earlier attempt of the same fit committed there)."""
     from bignmf.errors import StoreFormatError
     from bignmf.fit.rundir import CONVERTED
     from bignmf.io.convert import convert
@@ -152,7 +157,7 @@ def _as_store(
     except StoreFormatError:
         if Path(path).is_dir() and Path(path, "zarr.json").exists() and key is None:
             raise
-    converted = run_dir / CONVERTED
+    converted = run_dir / (name or CONVERTED)
     if reuse:
         print(f"using {converted}, converted from {path} by an earlier attempt", file=sys.stderr)
         return open_matrix(converted, block_nnz=block_nnz)
@@ -235,9 +240,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     reuse = run.claim(source)  # a new or empty --out, or what a stopped attempt left
     try:
         store = _as_store(args.input, run_dir, args.key, args.block_nnz, reuse)
+        mask = _mask_store(args.mask, run_dir) if args.mask else None
         crash_point("fit-converted", 0)
         start = time.perf_counter()
-        result = _fit_in(where, store, run_dir, args)
+        result = _fit_in(where, store, run_dir, args, mask)
     except BaseException:
         run.release(created)  # a failed start blocks no retry (a converted input is kept)
         raise
@@ -249,7 +255,18 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fit_in(where, store, run_dir: Path, args: argparse.Namespace):
+def _mask_store(path: str, run_dir: Path):
+    """``--mask`` as a store, converted into ``RUN_DIR/mask.zarr`` when it is a file (anew on
+    each attempt: only A's conversion is worth reusing)."""
+    import shutil
+
+    from bignmf.fit.rundir import MASK_CONVERTED
+
+    shutil.rmtree(run_dir / MASK_CONVERTED, ignore_errors=True)
+    return _as_store(path, run_dir, None, None, name=MASK_CONVERTED)
+
+
+def _fit_in(where, store, run_dir: Path, args: argparse.Namespace, mask=None):
     """``bignmf fit``'s call of :func:`bignmf.nmf` on the chosen scheduler (its memory plan
     with ``--plan-only``)."""
     from bignmf.fit.engine import nmf
@@ -270,6 +287,7 @@ def _fit_in(where, store, run_dir: Path, args: argparse.Namespace):
             l1_ratio=args.l1_ratio,
             n_inner=args.n_inner,
             missing=args.missing,
+            mask=mask,
             w_storage=args.w_storage,
             block_nnz=args.block_nnz,
             column_chunks=args.column_chunks,
@@ -758,6 +776,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="which entries are unknown rather than zero (default: none) — "
         + registry.help_text("missing")
         + " (ratings; solvers hals and mu, Frobenius loss)",
+    )
+    p.add_argument(
+        "--mask",
+        metavar="FILE",
+        help="entries that are unknown whatever the input holds (a held-out set): a store or "
+        "any file `bignmf convert` reads, of the input's shape, whose stored entries are the "
+        "unknown ones; every other entry, zeros included, is fitted (solvers hals and mu)",
     )
     p.add_argument("--key", help="matrix inside an AnnData store (default: X)")
     p.add_argument(

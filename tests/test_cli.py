@@ -236,3 +236,31 @@ def test_fit_on_the_stored_entries_only(tmp_path, capsys):
     assert status == 2
     assert "'bpp' cannot fit" in err
     assert not (tmp_path / "bpp").exists()
+
+
+def test_fit_with_a_mask_file_converts_it_into_the_run_and_resumes(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    X = rng.random((400, 3)) @ rng.random((3, 50))
+    held = sp.random(400, 50, density=0.1, format="coo", random_state=3)
+    scipy.io.mmwrite(tmp_path / "held.mtx", held)
+    sp.save_npz(tmp_path / "a.npz", sp.csr_matrix(X))
+    run_dir = tmp_path / "run"
+    options = ["-k", 3, *FIT]
+    more = ["--mask", tmp_path / "held.mtx", "--out", run_dir, "--max-iter", 4]
+    status, out, err = run(capsys, "fit", tmp_path / "a.npz", *options, *more)
+    assert status == 0
+    assert "reconstruction error on the entries off the mask" in out
+    assert f"converting {tmp_path / 'held.mtx'} into {run_dir / 'mask.zarr'}" in err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["error_over"] == "entries off the mask"
+    assert summary["settings"]["missing"] == "mask"
+    status, _, _ = run(capsys, "resume", run_dir, "--max-iter", 8, "--no-progress", "--top", 0)
+    assert status == 0
+    whole = tmp_path / "whole"
+    more = ["--mask", tmp_path / "held.mtx", "--out", whole, "--max-iter", 8]
+    assert run(capsys, "fit", tmp_path / "a.npz", *options, *more)[0] == 0
+    _same_h(run_dir, whole)  # the resumed run reopened the converted mask: the same bits
+    bpp = ["--mask", tmp_path / "held.mtx", "--solver", "bpp", "--out", tmp_path / "bpp"]
+    status, _, err = run(capsys, "fit", tmp_path / "a.npz", "-k", 3, *bpp)
+    assert status == 2
+    assert "cannot fit around unknown entries" in err

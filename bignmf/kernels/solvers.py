@@ -1050,7 +1050,8 @@ def get_solver(name: str, missing: str | None = None) -> Solver:
         table = MASKED_SOLVERS if missing == MASK else OBSERVED_SOLVERS
         if name not in table:
             raise ValueError(
-                f"solver {name!r} cannot fit missing entries; use one of {', '.join(sorted(table))}"
+                f"solver {name!r} cannot fit around unknown entries; use one of "
+                f"{', '.join(sorted(table))}"
             )
         return table[name]
     try:

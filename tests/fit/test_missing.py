@@ -127,7 +127,7 @@ def test_the_plan_counts_the_column_grams(ratings):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"solver": "bpp"}, "solver 'bpp' cannot fit missing entries; use one of hals, mu"),
+        ({"solver": "bpp"}, "solver 'bpp' cannot fit around unknown entries; use one of hals, mu"),
         ({"solver": "mu", "beta_loss": "kullback-leibler"}, "supports only beta_loss=2"),
         ({"column_chunks": 2}, "column_chunks > 1 cannot be used with missing entries"),
         ({"missing": "nan"}, "unknown missing 'nan'; choose one of zeros"),
@@ -299,7 +299,7 @@ def test_an_empty_mask_is_no_mask_and_bad_masks_are_refused(tmp_path, masked):
     cases = [
         ({"mask": wide}, "the mask is 700 x 91; A is 700 x 90"),
         ({"mask": A, "missing": "zeros"}, "either missing= or mask="),
-        ({"mask": A, "solver": "bpp"}, "solver 'bpp' cannot fit missing entries"),
+        ({"mask": A, "solver": "bpp"}, "solver 'bpp' cannot fit around unknown entries"),
     ]
     for options, message in cases:
         with pytest.raises(ParameterError, match=message):

@@ -195,7 +195,7 @@ def test_rows_and_columns_without_entries_get_zeros():
 
 
 def test_bpp_and_other_losses_are_refused_with_missing_entries():
-    with pytest.raises(ValueError, match="cannot fit missing entries; use one of hals, mu"):
+    with pytest.raises(ValueError, match="cannot fit around unknown entries; use one of hals, mu"):
         get_solver("bpp", "zeros")
     with pytest.raises(ValueError, match="supports only beta_loss=2"):
         get_solver("mu", "zeros").new_accumulator(4, 2, np.float64, beta_loss=1.0)
