@@ -63,3 +63,55 @@ def test_unsorted_conversion_stays_under_a_budget_a_quarter_of_the_matrix(tmp_pa
     assert store.shape == (m, n)
     assert 0.99 * nnz < store.nnz <= nnz  # duplicates summed
     assert peak < budget, f"peak RSS grew by {peak / MiB:.1f} MiB (budget {budget / MiB} MiB)"
+
+
+FIT_SCRIPT = textwrap.dedent("""
+    import sys, warnings
+    import bignmf
+
+    warnings.simplefilter("ignore")  # users whose every rating was held out: zeros, and a word
+
+    def peak():
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM"))
+
+    small, small_mask, work, path, mask, kind = sys.argv[1:]
+    options = {"init": "random", "random_state": 0, "tol": 0, "scheduler": "threads",
+               "w_storage": "zarr", "n_inner": 2, "block_nnz": 2**18}
+    zeros = kind == "zeros"
+    warm, fit = ({}, {"missing": "zeros"}) if zeros else ({"mask": small_mask}, {"mask": mask})
+    bignmf.nmf(small, 8, max_iter=2, workdir=work + "-warm", **options, **(warm or fit))
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # peak RSS := current RSS
+    base = peak()
+    bignmf.nmf(path, 8, max_iter=2, workdir=work, **options, **fit)
+    print(peak() - base)
+""")
+
+
+def test_fits_with_unknown_entries_hold_no_more_for_a_4x_larger_matrix(tmp_path):
+    from bignmf.datasets import make_ratings
+
+    small = make_ratings(tmp_path / "small.zarr", 2_000, 300, 8, ratings_per_user=10)
+    small_held = sp.random(*small.store.shape, density=0.01, format="csr", random_state=3)
+    paths = [small.train_path, bignmf.convert(small_held, tmp_path / "small-mask.zarr").path,
+             tmp_path / "work"]  # fmt: skip
+    peaks, sizes = {}, {}
+    for users in (75_000, 300_000):
+        ratings = make_ratings(tmp_path / f"r{users}.zarr", users, 2_000, 8,
+                               ratings_per_user=30, block_nnz=2**18)  # fmt: skip
+        # dense enough that both masks are cut into full blocks of 2**18 entries
+        held = sp.random(users, 2_000, density=0.01, format="csr", random_state=2)
+        mask = bignmf.convert(held, tmp_path / f"mask{users}.zarr", block_nnz=2**18).path
+        store = ratings.store
+        sizes[users] = store.nnz * (4 + 4) + (store.shape[0] + 1) * 8  # CSR in memory
+        for kind in ("zeros", "mask"):  # each in a process of its own: nothing freed to reuse
+            args = [*paths, ratings.train_path, mask, kind]
+            cmd = [sys.executable, "-c", FIT_SCRIPT, *map(str, args)]
+            run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=True)
+            peaks[kind, users] = int(run.stdout.split()[-1])
+    print({key: f"{peak / MiB:.1f} MiB" for key, peak in peaks.items()}, sizes)
+    # per-thread buffers, one block of A and of the mask, the per-column grams: not the rows
+    for kind in ("zeros", "mask"):
+        quarter, whole = peaks[kind, 75_000], peaks[kind, 300_000]
+        assert whole < 1.4 * quarter, (kind, quarter / MiB, whole / MiB)  # not 4x

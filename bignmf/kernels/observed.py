@@ -32,6 +32,7 @@ import scipy.sparse as sp
 from bignmf.kernels._util import DEFAULT_BATCH_ELEMENTS, as_csr
 
 __all__ = [
+    "GATHER_ENTRIES",
     "cd_rows",
     "observed_loss",
     "packed",
@@ -43,6 +44,9 @@ __all__ = [
 
 #: Rows per batch of :func:`packed_outer` (a batch's products stay in the CPU's cache).
 OUTER_BATCH_ROWS = 2048
+#: Stored entries gathered at once to evaluate W·H at them (two buffers of this many × k
+#: values): the default batch of 2**21 values per buffer cost 16 MB a thread in float32.
+GATHER_ENTRIES = 1 << 16
 
 
 def packed_size(k: int) -> int:

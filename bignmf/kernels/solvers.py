@@ -71,6 +71,7 @@ from bignmf.kernels.mu import (
     mu_update_w,
 )
 from bignmf.kernels.observed import (
+    GATHER_ENTRIES,
     cd_rows,
     observed_loss,
     packed,
@@ -763,11 +764,10 @@ class _ObservedSolver(Solver):
         A_i, W_i, Ht, dtype = self._prepare_block(A_i, W_i, Ht, params)
         m, k = W_i.shape
         nnz = A_i.indptr[-1]
-        batch_size = max(1, params.batch_elements // max(k, 1))
         aht = a_ht(A_i, Ht, out=scratch(work, "aht", (m, k), dtype))
         W_new = self._new_w(A_i, W_i, Ht, params, aht, work)
         wh = wh_at_nonzeros(
-            A_i, W_new, Ht, out=scratch(work, "wh", (nnz,), dtype), batch_size=batch_size
+            A_i, W_new, Ht, out=scratch(work, "wh", (nnz,), dtype), batch_size=GATHER_ENTRIES
         )
         acc["loss"] += observed_loss(A_i.data, wh)
         accumulate_at_w(A_i, W_new, acc["AtW"])
@@ -853,7 +853,7 @@ class ObservedMUSolver(_ObservedSolver):
         return acc
 
     def _new_w(self, A_i, W_i, Ht, params, aht, work):
-        wh = wh_at_nonzeros(A_i, W_i, Ht)
+        wh = wh_at_nonzeros(A_i, W_i, Ht, batch_size=GATHER_ENTRIES)
         denominator = a_ht(csr_with_data(A_i, wh), Ht)
         W_new = W_i.copy()
         mu_step(W_new, aht, denominator, l1=params.l1_W, l2=params.l2_W, keep_numerator=True)
@@ -895,7 +895,7 @@ class _MaskedSolver(Solver):
         aht = a_ht(A_i, Ht, out=scratch(work, "aht", W_i.shape, dtype))
         W_new = self._new_w(A_i, M, W_i, Ht, HHt, params, aht)
         self._accumulate_frobenius(A_i, W_new, aht, acc)
-        wh = wh_at_nonzeros(M, W_new, Ht)
+        wh = wh_at_nonzeros(M, W_new, Ht, batch_size=GATHER_ENTRIES)
         wh64 = wh.astype(np.float64)
         acc["mask_sq"] += np.dot(wh64, wh64)
         self._accumulate_mask(M, W_new, wh, acc)
@@ -974,7 +974,7 @@ class MaskedMUSolver(_MaskedSolver):
         return acc
 
     def _new_w(self, A_i, M, W_i, Ht, HHt, params, aht):
-        wh = wh_at_nonzeros(M, W_i, Ht)
+        wh = wh_at_nonzeros(M, W_i, Ht, batch_size=GATHER_ENTRIES)
         denominator = W_i @ HHt.astype(W_i.dtype) - a_ht(csr_with_data(M, wh), Ht)
         np.maximum(denominator, 0, out=denominator)  # rounding may leave tiny negatives
         W_new = W_i.copy()

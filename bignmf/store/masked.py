@@ -90,8 +90,9 @@ class MaskedMatrix:
         self.path = getattr(matrix, "path", None)
         nnz = unknown = 0
         squares = total = 0.0
+        buffers = matrix.new_buffers()  # one set for the pass: a block at a time, reused
         for i in range(matrix.n_blocks):
-            block = self.read_block(i)
+            block = self.read_block(i, buffers)
             data = block.data.astype(np.float64)
             nnz, unknown = nnz + block.nnz, unknown + block.unknown.nnz
             squares, total = squares + float(np.dot(data, data)), total + float(data.sum())
@@ -123,9 +124,8 @@ class MaskedMatrix:
         # A': the stored entries the mask does not list, values and order untouched
         masked = np.isin(_keys(A_i), _keys(M_i), assume_unique=True)
         keep = ~masked
-        counts = np.add.reduceat(keep, A_i.indptr[:-1]) if A_i.nnz else np.zeros(r1 - r0, int)
-        counts[np.diff(A_i.indptr) == 0] = 0  # reduceat repeats the next row's for empty rows
-        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(A_i.indptr.dtype)
+        kept_before = np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])  # per entry
+        indptr = kept_before[A_i.indptr].astype(A_i.indptr.dtype)
         block = MaskedBlock(
             (A_i.data[keep], A_i.indices[keep], indptr), shape=A_i.shape, copy=False
         )

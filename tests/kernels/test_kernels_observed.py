@@ -275,3 +275,16 @@ def test_masked_losses_are_of_the_entries_off_the_mask(with_mask, name):
         assert after == pytest.approx(objective(W1, H1), rel=1e-9)
     else:
         assert after is None
+
+
+def test_masked_blocks_with_empty_rows_anywhere():
+    A = sp.random(30, 12, density=0.3, format="lil", random_state=13)
+    A[0, :] = 0
+    A[17:20, :] = 0
+    A[29, :] = 0  # empty last rows: their indptr entries are nnz itself
+    A = A.tocsr()
+    A.eliminate_zeros()
+    mask = sp.random(30, 12, density=0.3, format="csr", random_state=14)
+    masked = masked_blocks(A, mask, block_rows=10)
+    kept = sp.vstack([masked.read_block(i) for i in range(masked.n_blocks)]).toarray()
+    assert np.array_equal(kept, np.where(mask.toarray() != 0, 0, A.toarray()))
