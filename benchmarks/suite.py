@@ -17,10 +17,15 @@ Parts (``--parts``, all by default), each the function of its own script:
     fit (``scaling.py``).
 ``checkpoint``
     Checkpoint and resume overhead (``checkpoint_overhead.py``).
+``missing``
+    Fits on the observed entries only (planted ratings): held-out RMSE against wall time for
+    bignmf ``missing="zeros"`` (hals, mu) and Spark ALS, Surprise ``NMF`` and RcppML, whichever
+    are installed; time to the best peer's RMSE (``missing.py``).
 
 Profiles: the default (full) uses each script's own defaults (tens of minutes); ``--quick``
-their ``--quick`` settings (under 5 minutes on 2 cores); ``--smoke`` tiny matrices (well under
-a minute: it checks the plumbing, its figures mean nothing).
+their ``--quick`` settings (under 5 minutes on 2 cores, and ~4 more for ``missing``, whose
+peers are slow); ``--smoke`` tiny matrices (well under a minute: it checks the plumbing, its
+figures mean nothing).
 
     python -m benchmarks --quick                 # report in benchmarks/_out/report-quick.md
     python -m benchmarks --parts memory,scaling  # full profile, two parts
@@ -55,10 +60,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import checkpoint_overhead
 import engine
 import memory_peak
+import missing
 import scaling
 
 HERE = Path(__file__).resolve().parent
-PARTS = ("roofline", "sklearn", "memory", "scaling", "checkpoint")
+PARTS = ("roofline", "sklearn", "memory", "scaling", "checkpoint", "missing")
 PROFILES = ("full", "quick", "smoke")
 VERSIONED = ("numpy", "scipy", "dask", "distributed", "zarr", "numcodecs", "scikit-learn",
              "matplotlib", "psutil")  # fmt: skip
@@ -89,6 +95,14 @@ CHECKPOINT_ARGV = {
     "quick": ["--quick"],
     "smoke": ["--quick", "--rows", "2000", "--cols", "500", "--iters", "3", "--repeat", "1"],
 }
+# smoke: no Spark (its JVM takes ~20 s to start); the other peers run when installed
+MISSING_ARGV = {
+    "full": [],
+    "quick": ["--quick"],
+    "smoke": ["--quick", "--users", "3000", "--items", "400", "-k", "4", "--iters", "5",
+              "--peers", "surprise,rcppml", "--peer-iters", "1,2", "--peer-budget", "5",
+              "--rss-iters", "2"],
+}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,6 +171,12 @@ def checkpoint_part(ctx: argparse.Namespace) -> tuple:
     return checkpoint_overhead.markdown(result), result, []
 
 
+def missing_part(ctx: argparse.Namespace) -> tuple:
+    """Held-out RMSE against time on planted ratings, bignmf and its peers (``missing.run``)."""
+    result = missing.run(missing.parse_args([*MISSING_ARGV[ctx.profile], *_dirs(ctx)]))
+    return missing.markdown(result), result, [missing.plot(result, ctx.out)]
+
+
 def _dirs(ctx: argparse.Namespace) -> list[str]:
     return ["--workdir", str(ctx.workdir), "--out", str(ctx.out)]
 
@@ -182,6 +202,7 @@ TITLES = {
     "memory": "Memory: peak RSS of `bignmf fit` against matrix size",
     "scaling": "Scaling: workers and nonzeros",
     "checkpoint": "Checkpoint and resume overhead",
+    "missing": "Missing entries: held-out RMSE against wall time, against Spark, Surprise, RcppML",
 }
 
 
@@ -285,6 +306,7 @@ def run_parts(ctx: argparse.Namespace) -> dict[str, dict]:
         "memory": lambda: {"memory": memory_part(ctx)},
         "scaling": lambda: {"scaling": scaling_part(ctx)},
         "checkpoint": lambda: {"checkpoint": checkpoint_part(ctx)},
+        "missing": lambda: {"missing": missing_part(ctx)},
     }
     engine_wanted = {p for p in ctx.parts if p in ("roofline", "sklearn")}
     if engine_wanted:  # one engine run serves both parts

@@ -19,7 +19,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-TITLES = ("## Roofline", "## Against scikit-learn", "## Memory", "## Scaling", "## Checkpoint")
+TITLES = (
+    "## Roofline",
+    "## Against scikit-learn",
+    "## Memory",
+    "## Scaling",
+    "## Checkpoint",
+    "## Missing entries",
+)
 
 pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
@@ -117,8 +124,22 @@ def test_checkpoint_table(smoke):
     assert rows[0][2] == "1.00"
 
 
+def test_missing_part_scores_every_bignmf_solver_on_held_out_ratings(smoke):
+    report, results, _ = smoke
+    rows = {row[0]: row for row in _table(report, "| method | runs |")}
+    for method in ("bignmf hals n_inner=1", "bignmf hals n_inner=3", "bignmf mu"):
+        assert 0 < _number(rows[method][5]) < 5  # held-out RMSE of ratings on a 1..5 scale
+    result = results["parts"]["missing"]["result"]
+    cli, first = result["cli"], result["curves"][0]
+    assert cli["returncode"] == 0
+    assert cli["tree_peak"] > 10 * 2**20
+    # `bignmf fit` + `bignmf score` give the in-process fit's RMSE at the same iteration
+    in_process = first["rmse"][first["iters"].index(cli["iters"])]
+    assert math.isclose(cli["rmse"], in_process, rel_tol=1e-4)
+
+
 @pytest.mark.parametrize(
-    "name", ["roofline.png", "engine_sklearn.png", "memory.png", "scaling.png"]
+    "name", ["roofline.png", "engine_sklearn.png", "memory.png", "scaling.png", "missing.png"]
 )
 def test_plots_are_png_files_linked_from_the_report(smoke, name):
     report, _, out = smoke
