@@ -170,7 +170,8 @@ def nmf(
     alpha_W, alpha_H, l1_ratio : float
         Regularisation, with scikit-learn's meaning and scaling.
     n_inner : int, optional
-        HALS sweeps per pass over A (default 1 for 'hals'; several amortise the pass).
+        HALS sweeps per pass over A (default 1 for 'hals', 3 with ``missing`` or ``mask``,
+        where the per-row grams cost more than the sweeps; several amortise the pass).
     missing : {None, 'zeros'}
         None: every entry of A is observed (zeros are zeros). ``'zeros'``: only the stored
         entries are observed, every other one is unknown (ratings, held-out data): the
@@ -178,7 +179,8 @@ def nmf(
         relative error count the stored entries only. Solvers 'hals' (coordinate descent
         on each row's and column's own gram, exact in each coordinate) and 'mu' (masked
         multiplicative updates), Frobenius loss, one pass over A per iteration. A row or
-        column with no stored entry gets zeros.
+        column with no stored entry gets zeros. The default ``init`` is then 'random'
+        (scaled by the stored entries' mean): an SVD would read the unknown entries as 0.
     mask : optional
         Entries that are unknown whatever A holds there (a held-out set, a dense array's
         NaNs): any matrix of A's shape that ``A`` could be (a store, a path, scipy.sparse),

@@ -795,17 +795,7 @@ class ObservedHALSSolver(_ObservedSolver):
 
     def _new_w(self, A_i, W_i, Ht, params, aht, work):
         grams = a_ht(pattern(A_i), packed_outer(Ht))
-        W_new = W_i.copy()
-        cd_rows(
-            W_new,
-            aht,
-            grams,
-            l1=params.l1_W,
-            l2=params.l2_W,
-            n_sweeps=params.n_inner,
-            batch_elements=params.batch_elements,
-        )
-        return W_new
+        return _descend(W_i.copy(), aht, grams, params.l1_W, params.l2_W, params)
 
     def _accumulate_h(self, A_i, W_new, wh, acc):
         accumulate_at_w(pattern(A_i), packed_outer(W_new), acc["grams"])
@@ -813,15 +803,7 @@ class ObservedHALSSolver(_ObservedSolver):
     def update_h(self, H, acc, params, norm_a_sq=None):
         self.check_params(params)
         Ht_new = self._ht_of(H, acc).copy()
-        cd_rows(
-            Ht_new,
-            acc["AtW"],
-            acc["grams"],
-            l1=params.l1_H,
-            l2=params.l2_H,
-            n_sweeps=params.n_inner,
-            batch_elements=params.batch_elements,
-        )
+        _descend(Ht_new, acc["AtW"], acc["grams"], params.l1_H, params.l2_H, params)
         return np.ascontiguousarray(Ht_new.T), float(acc["loss"])
 
     def loss_after_h(self, acc, H, norm_a_sq):
@@ -833,6 +815,13 @@ class ObservedHALSSolver(_ObservedSolver):
         cross = float(np.vdot(acc["AtW"].astype(np.float64), Ht))
         quadratic = float(np.vdot(acc["grams"], packed_outer(Ht) * _off_diagonal_twice(H.shape[0])))
         return 0.5 * max(norm_a_sq - 2.0 * cross + quadratic, 0.0)
+
+
+def _descend(X, B, grams, l1: float, l2: float, params: SolverParams) -> np.ndarray:
+    """``params.n_inner`` sweeps of coordinate descent of X's rows on their own grams."""
+    return cd_rows(
+        X, B, grams, l1=l1, l2=l2, n_sweeps=params.n_inner, batch_elements=params.batch_elements
+    )
 
 
 def _off_diagonal_twice(k: int) -> np.ndarray:
@@ -921,17 +910,7 @@ class MaskedHALSSolver(_MaskedSolver):
 
     def _new_w(self, A_i, M, W_i, Ht, HHt, params, aht):
         grams = packed(HHt)[np.newaxis, :] - a_ht(M, packed_outer(Ht))
-        W_new = W_i.copy()
-        cd_rows(
-            W_new,
-            aht,
-            grams,
-            l1=params.l1_W,
-            l2=params.l2_W,
-            n_sweeps=params.n_inner,
-            batch_elements=params.batch_elements,
-        )
-        return W_new
+        return _descend(W_i.copy(), aht, grams, params.l1_W, params.l2_W, params)
 
     def _accumulate_mask(self, M, W_new, wh, acc):
         accumulate_at_w(M, packed_outer(W_new), acc["mask_grams"])
@@ -940,17 +919,8 @@ class MaskedHALSSolver(_MaskedSolver):
         self.check_params(params)
         Ht = self._ht_of(H, acc)
         loss = self._masked_loss(acc, Ht, norm_a_sq)
-        Ht_new = Ht.copy()
         grams = packed(acc["WtW"])[np.newaxis, :] - acc["mask_grams"]
-        cd_rows(
-            Ht_new,
-            acc["AtW"],
-            grams,
-            l1=params.l1_H,
-            l2=params.l2_H,
-            n_sweeps=params.n_inner,
-            batch_elements=params.batch_elements,
-        )
+        Ht_new = _descend(Ht.copy(), acc["AtW"], grams, params.l1_H, params.l2_H, params)
         return np.ascontiguousarray(Ht_new.T), loss
 
     def loss_after_h(self, acc, H, norm_a_sq):

@@ -266,7 +266,8 @@ def test_a_mask_fit_equals_the_dense_references(masked):
         "hals": dense_cd(A64, *start64, 5, observed=observed),
         "mu": dense_masked_mu(A64, *start64, 5, observed=observed),
     }
-    run = {"init": "custom", "W": W0, "H": H0, "tol": 0, "max_iter": 5, "scheduler": "sync"}
+    run = {"init": "custom", "W": W0, "H": H0, "tol": 0, "max_iter": 5, "scheduler": "sync",
+           "n_inner": 1}  # fmt: skip
     for solver, (W_ref, H_ref) in reference.items():
         result = bignmf.nmf(store, K, mask=mask_store, solver=solver, **run)
         np.testing.assert_allclose(np.asarray(result.W), W_ref, rtol=1e-3, atol=1e-5)
