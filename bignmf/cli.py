@@ -788,7 +788,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--block-nnz",
         type=POSITIVE,
-        help="re-plan the row blocks of a foreign store (default: the store's plan)",
+        help="re-plan the row blocks to about this many nonzeros each (default: the store's plan)",
     )
     p.add_argument(
         "--w-storage",
