@@ -485,8 +485,13 @@ def _fit(job: _Job) -> NMFResult:
     if (
         job.memory.distributed
     ):  # workers open the store and W's buffers by path: fail now, naming them
+        mask = getattr(matrix, "mask", None)  # a masked fit's workers read the mask too
         runner.check_visible(
-            [getattr(matrix, "path", None), w_store.path if w_store is not None else None]
+            [
+                getattr(matrix, "path", None),
+                getattr(mask, "path", None),
+                w_store.path if w_store is not None else None,
+            ]
         )
     reads = blockcache.cached(matrix, job.memory.cache_budget)
     solver = get_solver(settings.solver, settings.missing)
