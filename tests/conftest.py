@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -81,6 +82,17 @@ class LocalProcessCluster:
                 proc.wait()
         for log in self.logs:
             log.close()
+
+
+def imported_modules(path: Path) -> list[str]:
+    """Every module a source file imports (``from x import y`` counts as ``x``), read statically."""
+    names = []
+    for node in ast.walk(ast.parse(Path(path).read_text())):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names.append(node.module or "")
+    return names
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from bignmf.plan import (
     task_memory,
     worker_memory,
 )
+from tests.conftest import imported_modules
 
 KiB, MiB, GiB = 2**10, 2**20, 2**30
 PLAN_PY = Path(plan.__file__)
@@ -51,16 +51,8 @@ def test_importing_the_module_imports_no_dask_nor_zarr():
 
 def test_the_module_imports_only_the_standard_library_and_numpy():
     allowed = set(sys.stdlib_module_names) | {"numpy", "__future__"}
-    tree = ast.parse(PLAN_PY.read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            names = [node.module or ""]
-        else:
-            continue
-        for name in names:
-            assert name.split(".")[0] in allowed, name
+    for name in imported_modules(PLAN_PY):
+        assert name.split(".")[0] in allowed, name
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from bignmf.kernels.products import (
     sq_norm,
     wh_at_nonzeros,
 )
+from tests.conftest import imported_modules
 
 DTYPES = [np.float32, np.float64]
 RTOL = {np.float32: 2e-5, np.float64: 1e-12}
@@ -228,13 +228,6 @@ def test_kernels_never_import_dask_or_zarr():
     files = sorted(kernel_dir.glob("*.py"))
     assert len(files) >= 7
     for path in files:
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names = [node.module or ""]
-            else:
-                continue
-            for name in names:
-                top = name.split(".")[0]
-                assert top in allowed or name.startswith("bignmf.kernels"), (path.name, name)
+        for name in imported_modules(path):
+            top = name.split(".")[0]
+            assert top in allowed or name.startswith("bignmf.kernels"), (path.name, name)
