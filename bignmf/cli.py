@@ -22,6 +22,7 @@ from bignmf import registry
 from bignmf._memory import fix_mmap_threshold
 from bignmf._version import __version__
 from bignmf.errors import BigNMFError, ParameterError, StoreExistsError
+from bignmf.fit.settings import IMPLICIT_ALPHA
 from bignmf.io.vocabulary import find_vocabulary, vocabulary_path
 from bignmf.store.csr import CODECS, DEFAULT_CHUNK_SIZE, DEFAULT_CODEC
 
@@ -200,8 +201,9 @@ def _finish(run_dir: Path, result, seconds: float, n_top: int) -> None:
         )
     state = "converged" if result.converged else "stopped at max_iter"
     rel = out.relative_error
-    missing = _record(run_dir).settings.missing
-    over = "" if missing is None else f" on the {error_over(missing)}"
+    settings = _record(run_dir).settings
+    plain = settings.missing is None and settings.weights is None
+    over = "" if plain else f" on the {error_over(settings.missing, settings.weights)}"
     print(
         f"{result.n_iter} iterations ({state}) in {seconds:.1f}s; "
         f"reconstruction error{over} {result.reconstruction_err:.6g}"
@@ -230,7 +232,7 @@ def _store_path(run_dir) -> str | None:
 def _cmd_fit(args: argparse.Namespace) -> int:
     import time
 
-    from bignmf.fit.rundir import RunDir, crash_point
+    from bignmf.fit.rundir import MASK_CONVERTED, RunDir, crash_point
 
     run = RunDir(args.out)
     run_dir = run.path
@@ -240,10 +242,11 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     reuse = run.claim(source)  # a new or empty --out, or what a stopped attempt left
     try:
         store = _as_store(args.input, run_dir, args.key, args.block_nnz, reuse)
-        mask = _mask_store(args.mask, run_dir) if args.mask else None
+        mask = _beside_store(args.mask, run_dir, MASK_CONVERTED) if args.mask else None
+        weights = _weights_arg(args.weights, run_dir)
         crash_point("fit-converted", 0)
         start = time.perf_counter()
-        result = _fit_in(where, store, run_dir, args, mask)
+        result = _fit_in(where, store, run_dir, args, mask, weights)
     except BaseException:
         run.release(created)  # a failed start blocks no retry (a converted input is kept)
         raise
@@ -255,18 +258,27 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mask_store(path: str, run_dir: Path):
-    """``--mask`` as a store, converted into ``RUN_DIR/mask.zarr`` when it is a file (anew on
-    each attempt: only A's conversion is worth reusing)."""
+def _beside_store(path: str, run_dir: Path, name: str):
+    """``--mask`` or ``--weights`` as a store, converted into ``RUN_DIR/name`` when it is a
+    file (anew on each attempt: only A's conversion is worth reusing)."""
     import shutil
 
-    from bignmf.fit.rundir import MASK_CONVERTED
-
-    shutil.rmtree(run_dir / MASK_CONVERTED, ignore_errors=True)
-    return _as_store(path, run_dir, None, None, name=MASK_CONVERTED)
+    shutil.rmtree(run_dir / name, ignore_errors=True)
+    return _as_store(path, run_dir, None, None, name=name)
 
 
-def _fit_in(where, store, run_dir: Path, args: argparse.Namespace, mask=None):
+def _weights_arg(value: str | None, run_dir: Path):
+    """``--weights``: None, 'implicit', or the weights file as a store."""
+    from bignmf.fit.rundir import WEIGHTS_CONVERTED
+
+    if value is None or value == "implicit":
+        return value
+    if not Path(value).exists():
+        raise BigNMFError(f"--weights {value}: neither 'implicit' nor a file or store")
+    return _beside_store(value, run_dir, WEIGHTS_CONVERTED)
+
+
+def _fit_in(where, store, run_dir: Path, args: argparse.Namespace, mask=None, weights=None):
     """``bignmf fit``'s call of :func:`bignmf.nmf` on the chosen scheduler (its memory plan
     with ``--plan-only``)."""
     from bignmf.fit.engine import nmf
@@ -288,6 +300,9 @@ def _fit_in(where, store, run_dir: Path, args: argparse.Namespace, mask=None):
             n_inner=args.n_inner,
             missing=args.missing,
             mask=mask,
+            weights=weights,
+            implicit_alpha=args.implicit_alpha,
+            implicit_f=args.implicit_f,
             w_storage=args.w_storage,
             block_nnz=args.block_nnz,
             column_chunks=args.column_chunks,
@@ -375,10 +390,34 @@ def _cmd_transform(args: argparse.Namespace) -> int:
                 scheduler=scheduler,
                 workdir=tmp,
                 missing=settings.missing,
+                weights=_transform_weights(settings, args.weights, Path(tmp)),
+                implicit_alpha=settings.implicit_alpha,
+                implicit_f=settings.implicit_f,
             )
             write_rows(W, out)
     print(f"W of {store.shape[0]:,} rows x {H.shape[0]} components: {out}")
     return 0
+
+
+def _transform_weights(settings, given: str | None, tmp: Path):
+    """The new rows' weights for ``bignmf transform``: the run's implicit feedback, or the
+    ``--weights`` file a run fitted with given weights needs."""
+    from bignmf.fit.rundir import WEIGHTS_CONVERTED
+
+    if settings.weights == "implicit":
+        if given is not None:
+            raise BigNMFError("--weights: the run uses implicit feedback's weights, made from A")
+        return "implicit"
+    if settings.weights == "given":
+        if given is None:
+            raise BigNMFError(
+                "the run was fitted with --weights FILE: give the new rows' weights as "
+                "--weights FILE (the input's shape and sparsity pattern)"
+            )
+        return _as_store(given, tmp, None, None, name=WEIGHTS_CONVERTED)
+    if given is not None:
+        raise BigNMFError("--weights: the run was fitted without weights")
+    return None
 
 
 def _finished_h(run_dir):
@@ -784,6 +823,27 @@ def build_parser() -> argparse.ArgumentParser:
         "any file `bignmf convert` reads, of the input's shape, whose stored entries are the "
         "unknown ones; every other entry, zeros included, is fitted (solvers hals and mu)",
     )
+    p.add_argument(
+        "--weights",
+        metavar="implicit|FILE",
+        help="entry weights: 'implicit' for implicit feedback (counts, plays: a stored value "
+        "a is 'liked' with confidence 1 + alpha*f(a), every other entry 'not liked' with "
+        "confidence 1; Hu, Koren & Volinsky), or a store or file of the input's shape and "
+        "sparsity pattern whose values weigh its stored entries (the others weigh 1, or 0 "
+        "with --missing zeros); solvers hals and mu",
+    )
+    p.add_argument(
+        "--implicit-alpha",
+        type=NON_NEGATIVE,
+        default=IMPLICIT_ALPHA,
+        help=f"alpha of --weights implicit (default {IMPLICIT_ALPHA:g})",
+    )
+    p.add_argument(
+        "--implicit-f",
+        choices=registry.names("implicit_f"),
+        default="linear",
+        help="f of --weights implicit — " + registry.help_text("implicit_f"),
+    )
     p.add_argument("--key", help="matrix inside an AnnData store (default: X)")
     p.add_argument(
         "--block-nnz",
@@ -836,7 +896,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=POSITIVE,
         default=200,
         help="MU iterations (non-Frobenius), or coordinate-descent sweeps (a run fitted with "
-        "--missing)",
+        "--missing, --mask or --weights)",
+    )
+    p.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="the new rows' weights, for a run fitted with --weights FILE (the input's shape "
+        "and sparsity pattern)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--scheduler", default="threads", help="threads, sync, local or an address")

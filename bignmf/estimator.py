@@ -30,6 +30,7 @@ from sklearn.utils.validation import check_is_fitted, check_non_negative, valida
 from bignmf import registry
 from bignmf.fit.driver import IterationInfo
 from bignmf.fit.engine import nmf
+from bignmf.fit.settings import IMPLICIT_ALPHA
 from bignmf.fit.transform import transform as transform_rows
 from bignmf.kernels.solvers import MASKED_SOLVERS
 from bignmf.store.csr import CSRStore
@@ -127,6 +128,16 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
         (see :func:`bignmf.nmf`); ``solver`` 'hals', 'cd' or 'mu', Frobenius loss. Give an
         L2 penalty (``alpha_W``) when rows or columns have fewer stored entries than
         ``n_components``.
+    weights : {None, 'implicit'}, default=None
+        ``'implicit'``: X holds implicit feedback (counts, plays, clicks); the fit and
+        ``transform`` minimise ``½·Σ c_ij (p_ij − (WH)_ij)²`` with preference ``p = 1`` where X
+        stores a value a and 0 elsewhere, and confidence ``c = 1 + implicit_alpha·f(a)`` on
+        the stored entries, 1 elsewhere (Hu, Koren & Volinsky; see :func:`bignmf.nmf`, which
+        also takes a matrix of per-entry weights). ``solver`` 'hals', 'cd' or 'mu'.
+    implicit_alpha : float, default=40.0
+        α of ``weights='implicit'``.
+    implicit_f : {'linear', 'log'}, default='linear'
+        f of ``weights='implicit'``: ``f(a) = a`` or ``log(1 + a)``.
     w_storage : {'auto', 'memory', 'zarr'}, default='auto'
         Keep W in (worker) memory or in Zarr blocks on disk; 'auto' keeps it in memory when it
         fits easily.
@@ -241,6 +252,9 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
         "verbose": ["verbose"],
         "n_inner": [Interval(Integral, 1, None, closed="left"), None],
         "missing": [StrOptions(set(registry.names("missing"))), None],
+        "weights": [StrOptions({"implicit"}), None],
+        "implicit_alpha": [Interval(Real, 0, None, closed="left")],
+        "implicit_f": [StrOptions(set(registry.names("implicit_f")))],
         "w_storage": [StrOptions(set(registry.names("w_storage")))],
         "workdir": [str, os.PathLike, None],
         "n_tasks": [Interval(Integral, 1, None, closed="left"), None],
@@ -265,6 +279,9 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
         verbose=0,
         n_inner=None,
         missing=None,
+        weights=None,
+        implicit_alpha=IMPLICIT_ALPHA,
+        implicit_f="linear",
         w_storage="auto",
         workdir=None,
         n_tasks=None,
@@ -285,6 +302,9 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
         self.verbose = verbose
         self.n_inner = n_inner
         self.missing = missing
+        self.weights = weights
+        self.implicit_alpha = implicit_alpha
+        self.implicit_f = implicit_f
         self.w_storage = w_storage
         self.workdir = workdir
         self.n_tasks = n_tasks
@@ -388,6 +408,7 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
             scheduler=self.scheduler,
             missing=self.missing,
             mask=unknown,
+            **self._weights(),
         )
 
     def inverse_transform(self, X):
@@ -427,6 +448,14 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
         return tags
 
     # ---------------------------------------------------------------- private
+
+    def _weights(self) -> dict:
+        """The entry-weight arguments of :func:`bignmf.nmf` and ``transform``."""
+        return {
+            "weights": self.weights,
+            "implicit_alpha": self.implicit_alpha,
+            "implicit_f": self.implicit_f,
+        }
 
     def _takes_nan(self) -> bool:
         """Whether a NaN in X may mean an unknown entry: the solver can fit around a mask."""
@@ -557,6 +586,7 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
                 n_inner=self.n_inner if n_inner is None else n_inner,
                 missing=self.missing,
                 mask=unknown,
+                **self._weights(),
                 w_storage=self.w_storage,
                 workdir=workdir,
                 n_tasks=self.n_tasks,

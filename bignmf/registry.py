@@ -5,7 +5,8 @@ Each kind has one table, kept beside its implementation: solvers in
 :data:`bignmf.kernels.solvers.BETA_NAMES`, initialisations in :data:`bignmf.fit.init.INITS`,
 stopping rules in :data:`bignmf.fit.driver.STOPPING`, W's storage in
 :data:`bignmf.plan.W_STORAGE`, unknown entries in :data:`bignmf.kernels.solvers.MISSING`
-(with the solvers that fit them, :data:`~bignmf.kernels.solvers.OBSERVED_SOLVERS`). This
+(with the solvers that fit them, :data:`~bignmf.kernels.solvers.OBSERVED_SOLVERS`),
+implicit feedback's confidence functions in :data:`bignmf.store.weighted.IMPLICIT_F`. This
 module is the one door to them:
 the CLI's choices and help, the estimator's parameter constraints, the checks of
 :class:`~bignmf.fit.settings.FitSettings` and the error messages all come from here, so a name
@@ -32,7 +33,7 @@ _LABELS = {"stopping": "stopping rule"}
 
 def table(kind: str) -> Mapping[str, Any]:
     """The registered names of ``kind``: 'solver', 'init', 'beta_loss', 'stopping',
-    'w_storage' or 'missing'."""
+    'w_storage', 'missing' or 'implicit_f'."""
     if kind == "solver":
         from bignmf.kernels.solvers import SOLVERS
 
@@ -49,6 +50,10 @@ def table(kind: str) -> Mapping[str, Any]:
         from bignmf.kernels.solvers import MISSING
 
         return MISSING
+    if kind == "implicit_f":
+        from bignmf.store.weighted import IMPLICIT_F
+
+        return IMPLICIT_F
     if kind == "w_storage":
         from bignmf.plan import W_STORAGE
 

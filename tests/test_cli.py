@@ -264,3 +264,59 @@ def test_fit_with_a_mask_file_converts_it_into_the_run_and_resumes(tmp_path, cap
     status, _, err = run(capsys, "fit", tmp_path / "a.npz", "-k", 3, *bpp)
     assert status == 2
     assert "cannot fit around unknown entries" in err
+
+
+def test_fit_with_weights_implicit_or_a_file_records_them_and_transform_needs_them(
+    tmp_path, capsys
+):
+    from tests.fit.test_weights import planted_counts
+
+    A = planted_counts()
+    scipy.io.mmwrite(tmp_path / "plays.mtx", A)
+    C = A.copy()
+    C.data = 1.0 + np.arange(A.nnz) % 3
+    scipy.io.mmwrite(tmp_path / "c.mtx", C)
+    options = ["-k", 3, *FIT, "--max-iter", 4]
+    implicit = ["--weights", "implicit", "--implicit-alpha", 5, "--implicit-f", "log"]
+    run_dir = tmp_path / "implicit"
+    status, out, _ = run(
+        capsys, "fit", tmp_path / "plays.mtx", *options, *implicit, "--out", run_dir
+    )
+    assert status == 0
+    assert "reconstruction error on the weighted entries (implicit feedback's confidence)" in out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["settings"]["weights"] == "implicit"
+    assert (summary["settings"]["implicit_alpha"], summary["settings"]["implicit_f"]) == (5, "log")
+    status, _, _ = run(capsys, "resume", run_dir, "--max-iter", 6, "--no-progress", "--top", 0)
+    assert status == 0
+    w_out = ["--out", tmp_path / "W.zarr"]
+    assert run(capsys, "transform", run_dir, tmp_path / "plays.mtx", *w_out)[0] == 0
+
+    given = tmp_path / "given"
+    weights = ["--weights", tmp_path / "c.mtx", "--out", given]
+    status, _, err = run(capsys, "fit", tmp_path / "plays.mtx", *options, *weights)
+    assert status == 0
+    assert f"converting {tmp_path / 'c.mtx'} into {given / 'weights.zarr'}" in err
+    status, _, err = run(
+        capsys, "transform", given, tmp_path / "plays.mtx", "--out", tmp_path / "G"
+    )
+    assert status == 2
+    assert "give the new rows' weights as --weights FILE" in err
+    more = ["--out", tmp_path / "G", "--weights", tmp_path / "c.mtx"]
+    assert run(capsys, "transform", given, tmp_path / "plays.mtx", *more)[0] == 0
+
+    other = sp.random(*A.shape, density=0.1, format="coo", random_state=3)
+    scipy.io.mmwrite(tmp_path / "other.mtx", other)
+    for value, message in [
+        (tmp_path / "other.mtx", "the --weights do not have A's sparsity pattern: row 0"),
+        ("implict", "--weights implict: neither 'implicit' nor a file or store"),
+    ]:
+        bad = ["--weights", value, "--out", tmp_path / "bad"]
+        status, _, err = run(capsys, "fit", tmp_path / "plays.mtx", *options, *bad)
+        assert status == 2
+        assert message in err
+        assert "Traceback" not in err
+    implicit_zeros = ["--weights", "implicit", "--missing", "zeros", "--out", tmp_path / "z"]
+    status, _, err = run(capsys, "fit", tmp_path / "plays.mtx", *options, *implicit_zeros)
+    assert status == 2
+    assert "cannot be combined with --missing='zeros'" in err

@@ -78,15 +78,22 @@ FIT_SCRIPT = textwrap.dedent("""
     small, small_mask, work, path, mask, kind = sys.argv[1:]
     options = {"init": "random", "random_state": 0, "tol": 0, "scheduler": "threads",
                "w_storage": "zarr", "n_inner": 2, "block_nnz": 2**18}
-    zeros = kind == "zeros"
-    warm, fit = ({}, {"missing": "zeros"}) if zeros else ({"mask": small_mask}, {"mask": mask})
-    bignmf.nmf(small, 8, max_iter=2, workdir=work + "-warm", **options, **(warm or fit))
+    fit, warm = {
+        "zeros": ({"missing": "zeros"}, {"missing": "zeros"}),
+        "mask": ({"mask": mask}, {"mask": small_mask}),
+        "implicit": ({"weights": "implicit"}, {"weights": "implicit"}),
+    }[kind]
+    bignmf.nmf(small, 8, max_iter=2, workdir=work + "-warm", **options, **warm)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # peak RSS := current RSS
     base = peak()
     bignmf.nmf(path, 8, max_iter=2, workdir=work, **options, **fit)
     print(peak() - base)
 """)
+
+
+#: fits on the stored entries, off a mask, with implicit feedback's weights
+KINDS = ("zeros", "mask", "implicit")
 
 
 def test_fits_with_unknown_entries_hold_no_more_for_a_4x_larger_matrix(tmp_path):
@@ -105,13 +112,13 @@ def test_fits_with_unknown_entries_hold_no_more_for_a_4x_larger_matrix(tmp_path)
         mask = bignmf.convert(held, tmp_path / f"mask{users}.zarr", block_nnz=2**18).path
         store = ratings.store
         sizes[users] = store.nnz * (4 + 4) + (store.shape[0] + 1) * 8  # CSR in memory
-        for kind in ("zeros", "mask"):  # each in a process of its own: nothing freed to reuse
+        for kind in KINDS:  # each in a process of its own: nothing freed to reuse
             args = [*paths, ratings.train_path, mask, kind]
             cmd = [sys.executable, "-c", FIT_SCRIPT, *map(str, args)]
             run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=True)
             peaks[kind, users] = int(run.stdout.split()[-1])
     print({key: f"{peak / MiB:.1f} MiB" for key, peak in peaks.items()}, sizes)
     # per-thread buffers, one block of A and of the mask, the per-column grams: not the rows
-    for kind in ("zeros", "mask"):
+    for kind in KINDS:
         quarter, whole = peaks[kind, 75_000], peaks[kind, 300_000]
         assert whole < 1.4 * quarter, (kind, quarter / MiB, whole / MiB)  # not 4x

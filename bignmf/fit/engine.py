@@ -35,13 +35,14 @@ from bignmf.fit.graph import Pass, placement
 from bignmf.fit.init import InitSpec, check_custom, custom_init, nndsvd_init, random_init
 from bignmf.fit.predict import predict as predict_entries
 from bignmf.fit.rundir import WORK_W, CheckpointError, RunDir, crc32
-from bignmf.fit.settings import FitSettings, RunOptions, RunRecord
+from bignmf.fit.settings import IMPLICIT_ALPHA, FitSettings, RunOptions, RunRecord
 from bignmf.kernels.solvers import MASK, SolverParams, get_solver
 from bignmf.store import blockcache
 from bignmf.store.csr import CSRStore, open_matrix
 from bignmf.store.factors import ZarrBlocks, machine_memory_bytes
 from bignmf.store.masked import MaskedMatrix
 from bignmf.store.matrix import as_block_matrix
+from bignmf.store.weighted import WeightedMatrix, weights_kind, with_weights
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,9 @@ def nmf(
     n_inner: int | None = None,
     missing: str | None = None,
     mask: Any = None,
+    weights: Any = None,
+    implicit_alpha: float = IMPLICIT_ALPHA,
+    implicit_f: str = "linear",
     w_storage: str = "auto",
     workdir: str | os.PathLike | None = None,
     n_tasks: int | None = None,
@@ -191,6 +195,22 @@ def nmf(
         removed. Solvers 'hals' and 'mu', Frobenius loss; not with ``missing``. A mask with
         no entry is no mask (the plain fit, bit for bit). Its statistics take one pass over A
         and the mask in this process when the fit starts.
+    weights : {None, 'implicit'} or matrix, optional
+        Entry weights c: the objective becomes ``½·Σ c_ij (t_ij − (WH)_ij)²`` plus the
+        penalties, the loss and relative error are weighted (``Σ c·t²`` is the norm).
+        ``'implicit'``: implicit feedback (Hu, Koren & Volinsky) — a stored value a says
+        "liked" (target t = 1) with confidence ``c = 1 + implicit_alpha·f(a)``, every other
+        entry "not liked" (t = 0) with confidence 1; not with ``missing``. A matrix (anything
+        ``A`` could be) of A's shape and sparsity pattern: its values are the weights of A's
+        stored entries (t = a), the other entries weigh 1, or are unknown with
+        ``missing='zeros'``. Weights must be finite and >= 0. Solvers 'hals' and 'mu',
+        Frobenius loss; not with ``mask``. The rows' and columns' grams are the plain
+        ``HHᵀ``/``WᵀW`` corrected on A's pattern by ``c − 1``: one pass over A per
+        iteration, nothing dense. ``implicit_alpha``, ``implicit_f`` are recorded in the run.
+    implicit_alpha : float, default 40
+        α of ``weights='implicit'`` (>= 0; Hu, Koren & Volinsky's 40, Spark's ALS uses 1).
+    implicit_f : {'linear', 'log'}, default 'linear'
+        f of ``weights='implicit'``: ``f(a) = a`` or ``log(1 + a)``.
     w_storage : {'auto', 'memory', 'zarr'}
         Keep W's blocks in memory or on disk in ``workdir``. 'auto': on a distributed
         scheduler always on disk (so that an iteration's graph depends only on stored blocks
@@ -263,6 +283,8 @@ def nmf(
     if mask is not None:
         if missing is not None:
             raise ParameterError("give either missing= or mask=, not both")
+        if weights is not None:
+            raise ParameterError("give either weights= or mask=, not both")
         matrix, missing = _masked(matrix, mask)
     options = RunOptions(
         max_iter=max_iter,
@@ -292,7 +314,12 @@ def nmf(
         l1_ratio=l1_ratio,
         n_inner=n_inner,
         missing=missing,
+        weights=weights_kind(weights),
+        implicit_alpha=implicit_alpha,
+        implicit_f=implicit_f,
     )
+    if weights is not None:
+        matrix = _weighted(matrix, settings, weights)
     if column_chunks is None and recorded is not None:
         column_chunks = recorded.settings.column_chunks
     options = _with_tasks(options)
@@ -322,6 +349,17 @@ def _masked(matrix, mask) -> tuple[Any, str | None]:
     if unknown.nnz == 0:
         return matrix, None
     return MaskedMatrix(matrix, unknown), MASK
+
+
+def _weighted(matrix, settings: FitSettings, weights: Any) -> WeightedMatrix:
+    """A carrying the weights of ``settings.weights`` (``weights``: the given matrix)."""
+    return with_weights(
+        matrix,
+        "implicit" if settings.weights == "implicit" else weights,
+        alpha=settings.implicit_alpha,
+        f=settings.implicit_f,
+        zeros_seen=settings.missing is None,
+    )
 
 
 def _with_tasks(options: RunOptions) -> RunOptions:
@@ -360,7 +398,7 @@ def memory_plan(
             cache_a=cache_a,
             beta_loss=settings.beta_loss,
             init=settings.init,
-            missing=settings.missing,
+            missing=settings.entries,
         )
     except ValueError as error:
         raise ParameterError(str(error)) from None
@@ -386,7 +424,7 @@ def _checked(matrix, settings, options, initial, resume) -> tuple[SolverParams, 
             alpha_H=settings.alpha_H,
             l1_ratio=settings.l1_ratio,
             n_inner=settings.n_inner,
-            missing=settings.missing,
+            missing=settings.entries,
         )
         passes = Pass.plan(
             matrix.n_blocks, options.n_tasks, settings.solver, params, options.split_every
@@ -485,16 +523,17 @@ def _fit(job: _Job) -> NMFResult:
     if (
         job.memory.distributed
     ):  # workers open the store and W's buffers by path: fail now, naming them
-        mask = getattr(matrix, "mask", None)  # a masked fit's workers read the mask too
+        # a masked or weighted fit's workers read the mask or the weights too
+        beside = getattr(matrix, "mask", None) or getattr(matrix, "weights", None)
         runner.check_visible(
             [
                 getattr(matrix, "path", None),
-                getattr(mask, "path", None),
+                getattr(beside, "path", None),
                 w_store.path if w_store is not None else None,
             ]
         )
     reads = blockcache.cached(matrix, job.memory.cache_budget)
-    solver = get_solver(settings.solver, settings.missing)
+    solver = get_solver(settings.solver, settings.entries)
     H0 = np.zeros((k, n), matrix.dtype)
     state = FitState(reads, job.plan, runner, solver, job.params.beta_loss, None, w_store, H0)
     if settings.column_chunks > 1:
@@ -564,9 +603,11 @@ def _matrix_record(matrix) -> dict:
         "row_offsets_crc32": crc32(np.asarray(matrix.row_offsets, dtype="<i8")),
     }
     record["frobenius_sq"] = float(matrix.frobenius_sq)  # of what the fit sees
-    if isinstance(matrix, MaskedMatrix):
-        if isinstance(matrix.mask, CSRStore):
-            record["mask"] = {"path": os.path.abspath(matrix.mask.path), "key": matrix.mask.key}
+    beside = {"mask": getattr(matrix, "mask", None), "weights": getattr(matrix, "weights", None)}
+    for name, source in beside.items():
+        if isinstance(source, CSRStore):
+            record[name] = {"path": os.path.abspath(source.path), "key": source.key}
+    if isinstance(matrix, MaskedMatrix | WeightedMatrix):
         matrix = matrix.matrix
     if isinstance(matrix, CSRStore):
         record.update(path=os.path.abspath(matrix.path), key=matrix.key)
@@ -597,7 +638,7 @@ def _initialize(state: FitState, settings: FitSettings, W, H) -> None:
         matrix.dtype,
         settings.seed,
         matrix.row_offsets,
-        observed_only=settings.missing is not None,
+        observed_only=settings.entries is not None,
     )
     init = settings.init
     if init == "custom":
@@ -644,6 +685,16 @@ def finished(run_dir: str | os.PathLike, **overrides: Any) -> tuple[int, bool] |
     return (checkpoint.iteration, True) if rule(objective, options.tol, noise) else None
 
 
+def _beside(run_dir, record: RunRecord, name: str, given: Any) -> Any:
+    """The run's mask or weights (``name``): ``given``, else the store recorded."""
+    if given is not None:
+        return given
+    if name not in record.matrix:
+        what = {"mask": "an in-memory mask: pass it", "weights": "in-memory weights: pass them"}
+        raise CheckpointError(f"{run_dir} was run with {what[name]} as {name}=")
+    return open_matrix(record.matrix[name]["path"], record.matrix[name]["key"])
+
+
 #: What a resume may be given besides :meth:`RunOptions.may_change`: who watches the loop.
 OBSERVERS = ("progress", "callback", "callbacks")
 
@@ -656,7 +707,12 @@ def _parsed(overrides: dict) -> dict:
 
 
 def resume(
-    run_dir: str | os.PathLike, *, A: Any = None, mask: Any = None, **overrides: Any
+    run_dir: str | os.PathLike,
+    *,
+    A: Any = None,
+    mask: Any = None,
+    weights: Any = None,
+    **overrides: Any,
 ) -> NMFResult:
     """Continue a checkpointed run with the settings it was started with.
 
@@ -668,6 +724,9 @@ def resume(
         The matrix; by default the store recorded in the run (in-memory inputs must be given).
     mask : optional
         The run's ``mask``; by default the store recorded (an in-memory mask must be given).
+    weights : optional
+        The run's given weights; by default the store recorded (in-memory weights must be
+        given). Implicit feedback's are made again from A and the recorded α and f.
     **overrides
         Any of :meth:`RunOptions.may_change <bignmf.fit.settings.RunOptions.may_change>`
         (``max_iter``, ``tol``, ``stopping``, ``checkpoint_every``, ``checkpoint_seconds``,
@@ -693,11 +752,11 @@ def resume(
         A = open_matrix(*record.store, block_nnz=record.options.block_nnz)
     matrix = as_block_matrix(A, block_nnz=record.options.block_nnz)
     if record.settings.missing == MASK:
-        if mask is None and "mask" not in record.matrix:
-            raise CheckpointError(f"{run_dir} was run with an in-memory mask: pass it as mask=")
-        if mask is None:
-            mask = open_matrix(record.matrix["mask"]["path"], record.matrix["mask"]["key"])
-        matrix, _ = _masked(matrix, mask)
+        matrix, _ = _masked(matrix, _beside(run_dir, record, "mask", mask))
+    if record.settings.weights == "given":
+        matrix = _weighted(matrix, record.settings, _beside(run_dir, record, "weights", weights))
+    elif record.settings.weights == "implicit":
+        matrix = _weighted(matrix, record.settings, None)
     given = {name: overrides.pop(name) for name in OBSERVERS if name in overrides}
     options = RunOptions.from_record(record.options.to_record(), **_parsed(overrides))
     observers = _callbacks(

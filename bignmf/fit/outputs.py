@@ -132,7 +132,7 @@ def finish_run(run_dir: str | os.PathLike, result: Any, seconds: float) -> RunOu
         "reconstruction_err": result.reconstruction_err,
         "relative_error": rel,
         # what the error is taken over: with missing entries, the stored ones only
-        "error_over": error_over(record.settings.missing),
+        "error_over": error_over(record.settings.missing, record.settings.weights),
         "seconds": seconds,
         "W": str(w_path),
         "H": str(h_path),
@@ -144,8 +144,12 @@ def finish_run(run_dir: str | os.PathLike, result: Any, seconds: float) -> RunOu
     return RunOutputs(w_path, h_path, path, run.metrics_path, png, skipped, rel)
 
 
-def error_over(missing: str | None) -> str:
+def error_over(missing: str | None, weights: str | None = None) -> str:
     """What a run's error is taken over, in words."""
+    if weights is not None:
+        which = "weighted stored entries" if missing == "zeros" else "weighted entries"
+        how = "implicit feedback's confidence" if weights == "implicit" else "given weights"
+        return f"{which} ({how})"
     return {None: "all entries", "zeros": "stored entries"}.get(missing, "entries off the mask")
 
 

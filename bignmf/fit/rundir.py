@@ -69,6 +69,7 @@ WORK_W = buffers_name("W")  # W between iterations when kept on disk
 CONVERTED = "A.zarr"  # the input converted by `bignmf fit` when it was not a store
 CONVERTED_NAMES = CONVERTED + ".vocab.txt"  # its column names, from an AnnData input
 MASK_CONVERTED = "mask.zarr"  # the --mask converted by `bignmf fit` when it was not a store
+WEIGHTS_CONVERTED = "weights.zarr"  # the same for --weights FILE
 CLAIM = ".bignmf-fit.json"  # a fit's claim on the directory before its run.json exists
 # what a run writes before its first checkpoint: removed when such a run fails
 _STARTED = (RUN_FILE, POINTER, METRICS, WORK_W, buffers_name("AHt"))
@@ -428,6 +429,9 @@ class RunDir:
 def _ours(name: str) -> bool:
     """Whether a directory entry is what a fit leaves before its run begins."""
     # the conversion's temporary store, the external sort's files, an interrupted claim write
-    return name in (CLAIM, CONVERTED, CONVERTED_NAMES, MASK_CONVERTED, *_STARTED) or (
-        name.startswith((f".{CONVERTED}.", f".{MASK_CONVERTED}.", "bignmf-sort-", f".{CLAIM}."))
+    beside = (MASK_CONVERTED, WEIGHTS_CONVERTED)
+    return name in (CLAIM, CONVERTED, CONVERTED_NAMES, *beside, *_STARTED) or (
+        name.startswith(
+            (f".{CONVERTED}.", *(f".{b}." for b in beside), "bignmf-sort-", f".{CLAIM}.")
+        )
     )

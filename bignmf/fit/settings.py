@@ -15,6 +15,7 @@ Dask.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,6 +30,9 @@ from bignmf.plan import default_init
 #: column's own gram costs most of an iteration, and three sweeps on them cost 1.26x one and
 #: reached a held-out RMSE of 0.42 where one reached 0.47 (planted ratings, 60 iterations).
 MISSING_SWEEPS = 3
+#: Implicit feedback's default α: Hu, Koren & Volinsky's (their f linear; Spark's ALS
+#: defaults to 1.0).
+IMPLICIT_ALPHA = 40.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,14 @@ class FitSettings:
     missing : str or None
         Which entries are unknown: None (none), a name of the registry's 'missing' table
         (``'zeros'``: every entry that is not stored), or ``'mask'`` (those of ``mask=``).
+    weights : str or None
+        Entry weights: None (none), ``'implicit'`` (implicit feedback's confidence
+        ``1 + implicit_alpha·f(a)`` on A's stored entries, target 1) or ``'given'`` (a
+        matrix of weights on A's pattern, ``weights=``); see :mod:`bignmf.store.weighted`.
+    implicit_alpha : float or None
+        Implicit feedback's α (with ``weights='implicit'``).
+    implicit_f : str or None
+        Implicit feedback's f, a name of :data:`bignmf.store.weighted.IMPLICIT_F`.
     """
 
     n_components: int
@@ -69,6 +81,9 @@ class FitSettings:
     dtype: str
     column_chunks: int = 1
     missing: str | None = None
+    weights: str | None = None
+    implicit_alpha: float | None = None
+    implicit_f: str | None = None
 
     #: Used only before the first checkpoint, which a resume restores: never compared.
     MAY_DIFFER: ClassVar[tuple[str, ...]] = ("seed", "init")
@@ -90,9 +105,12 @@ class FitSettings:
         n_inner: int | None = None,
         column_chunks: int = 1,
         missing: str | None = None,
+        weights: str | None = None,
+        implicit_alpha: float = IMPLICIT_ALPHA,
+        implicit_f: str = "linear",
     ) -> FitSettings:
         """Check the user's values and resolve the defaults; :class:`ParameterError` names
-        the first that is wrong."""
+        the first that is wrong (``weights``: 'implicit', 'given' or None)."""
         try:
             k = int(n_components)
         except (TypeError, ValueError):
@@ -101,11 +119,13 @@ class FitSettings:
             raise ParameterError(f"n_components must be >= 1, got {n_components}")
         registry.check("solver", solver)
         beta = registry.beta_value(beta_loss)
-        if missing is not None:
-            if missing != MASK:  # a mask is given as mask=, not named
-                registry.check("missing", missing)
-            registry.check_missing(solver, beta, missing)
-        init = default_init(init, k, shape, missing)
+        if missing is not None and missing != MASK:  # a mask is given as mask=, not named
+            registry.check("missing", missing)
+        implicit = check_implicit(weights, missing, implicit_alpha, implicit_f)
+        seen = kernel_entries(missing, weights)
+        if seen is not None:
+            registry.check_missing(solver, beta, seen)
+        init = default_init(init, k, shape, seen)
         registry.check("init", init)
         if init.startswith("nndsvd") and k > min(shape):
             # scikit-learn's words (_initialize_nmf); the SVD has only min(m, n) vectors and k
@@ -124,11 +144,18 @@ class FitSettings:
             alpha_W=float(alpha_W),
             alpha_H=alpha_H if isinstance(alpha_H, str) else float(alpha_H),
             l1_ratio=float(l1_ratio),
-            n_inner=int(n_inner or (MISSING_SWEEPS if missing is not None else 1)),
+            n_inner=int(n_inner or (MISSING_SWEEPS if seen is not None else 1)),
             dtype=str(np.dtype(dtype)),
             column_chunks=int(column_chunks),
             missing=missing,
+            weights=weights,
+            **implicit,
         )
+
+    @property
+    def entries(self) -> str | None:
+        """The kernels' ``missing`` (:func:`kernel_entries`)."""
+        return kernel_entries(self.missing, self.weights)
 
     def to_record(self) -> dict:
         """The ``settings`` of ``run.json``."""
@@ -149,6 +176,32 @@ class FitSettings:
             for name in mine
             if name not in self.MAY_DIFFER and mine[name] != theirs[name]
         }
+
+
+def kernel_entries(missing: str | None, weights: str | None) -> str | None:
+    """The solvers' ``missing`` for a fit's ``missing`` and ``weights``: weights on a matrix
+    whose every entry is seen are fitted by the mask's solvers (the plain grams corrected on a
+    sparse pattern, :mod:`bignmf.kernels.observed`); on the stored entries only, by the
+    observed ones."""
+    if weights is not None and missing is None:
+        return MASK
+    return missing
+
+
+def check_implicit(weights: Any, missing: str | None, alpha: Any, f: Any) -> dict:
+    """The implicit-feedback settings to record: α and f with ``weights='implicit'`` (none
+    otherwise); :class:`ParameterError` for a bad α or f, or ``missing`` beside them."""
+    if weights != "implicit":
+        return {}
+    if missing is not None:
+        raise ParameterError(
+            "weights='implicit' sees every entry (the zeros are 'not liked' with confidence "
+            f"1): it cannot be combined with missing={missing!r}"
+        )
+    if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha >= 0):
+        raise ParameterError(f"implicit_alpha must be a finite number >= 0, got {alpha!r}")
+    registry.check("implicit_f", f)
+    return {"implicit_alpha": float(alpha), "implicit_f": f}
 
 
 def _at_least(bound: float, *, strict: bool = False, none: bool = False):

@@ -27,6 +27,7 @@ from bignmf.errors import ConvergenceWarning
 from bignmf.fit.graph import WIO, block_pass
 from bignmf.fit.init import random_scale
 from bignmf.fit.reduction import aligned_groups
+from bignmf.fit.settings import IMPLICIT_ALPHA, check_implicit
 from bignmf.kernels.solvers import MASK, SolverParams
 from bignmf.kernels.transform import (
     FixedH,
@@ -38,6 +39,7 @@ from bignmf.kernels.transform import (
 from bignmf.store.factors import ZarrBlocks, choose_storage
 from bignmf.store.masked import MaskedMatrix
 from bignmf.store.matrix import MemoryMatrix, as_block_matrix
+from bignmf.store.weighted import weights_kind, with_weights
 
 __all__ = ["ConvergenceWarning", "transform"]
 
@@ -83,6 +85,9 @@ def transform(
     scheduler: Any = None,
     missing: str | None = None,
     mask: Any = None,
+    weights: Any = None,
+    implicit_alpha: float = IMPLICIT_ALPHA,
+    implicit_f: str = "linear",
 ) -> Any:
     """Non-negative coefficients W of the rows of A against fixed components H (A ≈ W·H).
 
@@ -128,6 +133,10 @@ def transform(
     mask : optional
         Entries of A that are unknown (see :func:`bignmf.nmf`'s ``mask``): each row is fitted
         to every entry off the mask, zeros included, the same way. Not with ``missing``.
+    weights, implicit_alpha, implicit_f : optional
+        Entry weights (see :func:`bignmf.nmf`): each row is fitted to its weighted entries
+        the same way, with the fit's ``weights`` (``'implicit'``, or a matrix of A's pattern)
+        and α, f. Not with ``mask``.
 
     Returns
     -------
@@ -174,9 +183,16 @@ def transform(
         raise ValueError(f"tol must be >= 0, got {tol!r}")
     if missing is not None:
         registry.check("missing", missing)
-    if (missing is not None or mask is not None) and beta != 2:
+    if (missing is not None or mask is not None or weights is not None) and beta != 2:
         raise ValueError(f"missing entries support only beta_loss='frobenius', got {beta_loss!r}")
+    check_implicit(weights_kind(weights), missing, implicit_alpha, implicit_f)
     matrix = as_block_matrix(A, block_nnz=block_nnz)
+    if weights is not None:
+        if mask is not None:
+            raise ValueError("give either weights= or mask=, not both")
+        seen = missing is None
+        matrix = with_weights(matrix, weights, alpha=implicit_alpha, f=implicit_f, zeros_seen=seen)
+        missing = missing or MASK  # the kernels' entries: every one seen, or the stored
     if mask is not None:
         if missing is not None:
             raise ValueError("give either missing= or mask=, not both")
@@ -211,6 +227,7 @@ def transform(
         int(max_iter),
         float(tol),
         w_init,
+        all_seen=missing is not None and missing != "zeros",
     )
     step = {
         "mu": mu_transform_step,

@@ -46,8 +46,13 @@ def frobenius_sq(norm_a_sq: float, cross: float, WtW: np.ndarray, HHt: np.ndarra
     O(k²) work. The expansion cancels catastrophically when the fit is very good
     (relative accuracy about ``eps·‖A‖²/‖A − WH‖²``), hence float64 and the clip at 0.
     """
-    val = float(norm_a_sq) - 2.0 * float(cross) + inner(WtW, HHt)
-    return max(val, 0.0)
+    return max(frobenius_expansion(norm_a_sq, cross, WtW, HHt), 0.0)
+
+
+def frobenius_expansion(norm_a_sq: float, cross: float, WtW: np.ndarray, HHt: np.ndarray) -> float:
+    """``‖A‖² − 2⟨W, A·Hᵀ⟩ + ⟨WᵀW, H·Hᵀ⟩`` in float64, not clipped: a weighted loss adds its
+    corrections to it before clipping (with weights the expansion alone may be negative)."""
+    return float(norm_a_sq) - 2.0 * float(cross) + inner(WtW, HHt)
 
 
 def frobenius_loss(norm_a_sq: float, cross: float, WtW: np.ndarray, HHt: np.ndarray) -> float:

@@ -21,6 +21,16 @@ The updates:
   whose gram entry is 0 (a row or column with no observed entry) is set to 0.
 * MU (β = 2): Lee & Seung's update with the mask, ``W ← W∘(P∘A)Hᵀ / (P∘(WH))Hᵀ``.
 
+**Entry weights.** The same kernels minimise ``½·Σ c_ij (t_ij − w_i·h_j)²`` for any weights
+c ≥ 0: the pattern ``P`` becomes the weights ``C`` (:func:`targets_and_weights`), A becomes
+``C∘T``. A fit where every entry is seen with weight 1 except on a sparse pattern (a mask's
+entries, weight 0; confidence weights on A's stored entries, Hu, Koren & Volinsky) needs no
+per-entry sums over the zeros: the grams are the plain fit's ``H·Hᵀ`` and ``WᵀW`` corrected
+on that pattern by the deltas ``d = c − 1`` (:func:`targets_and_deltas`),
+``G_i = H·Hᵀ + Σ_j d_ij·h_j·h_jᵀ``. A block says which it is by duck typing: ``weights`` (c
+on its stored entries, aligned with ``data``, which holds the targets t), ``unknown`` (a
+mask's rows) — see :mod:`bignmf.store.weighted` and :mod:`bignmf.store.masked`.
+
 Never imports Dask or Zarr.
 """
 
@@ -29,16 +39,21 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from bignmf.kernels import products
 from bignmf.kernels._util import DEFAULT_BATCH_ELEMENTS, as_csr
 
 __all__ = [
     "GATHER_ENTRIES",
+    "a_ht_packed",
     "cd_rows",
     "observed_loss",
     "packed",
     "packed_outer",
     "packed_size",
     "pattern",
+    "row_systems",
+    "targets_and_deltas",
+    "targets_and_weights",
 ]
 
 
@@ -92,6 +107,96 @@ def pattern(A_i) -> sp.csr_matrix:
     A_i = as_csr(A_i)
     ones = np.ones(A_i.indptr[-1], dtype=np.float64)
     return sp.csr_matrix((ones, A_i.indices, A_i.indptr), shape=A_i.shape)
+
+
+def _with_data(A_i, data: np.ndarray) -> sp.csr_matrix:
+    return sp.csr_matrix((data, A_i.indices, A_i.indptr), shape=A_i.shape, copy=False)
+
+
+def targets_and_weights(A_i) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """``(C∘T, C)`` of a block fitted on its stored entries only (every other is unknown).
+
+    Parameters
+    ----------
+    A_i : CSR matrix
+        A row block; one with ``weights`` (c of each stored entry, float64, aligned with
+        ``data``, the targets t) is weighted, any other has weight 1 on its stored entries.
+
+    Returns
+    -------
+    Y : CSR matrix, A_i's dtype
+        The weighted targets (``A_i`` itself without weights).
+    C : CSR matrix, float64
+        The weights on A_i's pattern (:func:`pattern` without weights).
+    """
+    weights = getattr(A_i, "weights", None)
+    A_i = as_csr(A_i)
+    if weights is None:
+        return A_i, pattern(A_i)
+    return _with_data(A_i, (weights * A_i.data).astype(A_i.dtype)), _with_data(A_i, weights)
+
+
+def targets_and_deltas(A_i) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """``(Y, D)`` of a block whose every entry is seen with weight 1 but on a sparse pattern.
+
+    Parameters
+    ----------
+    A_i : CSR matrix
+        A masked block (A off the mask, with ``unknown``: the mask's rows), a weighted one
+        (with ``weights``: c on its stored entries, whose ``data`` are the targets), or a plain
+        one (no correction).
+
+    Returns
+    -------
+    Y : CSR matrix, A_i's dtype
+        The weighted targets ``C∘T`` (A off the mask for a masked block).
+    D : CSR matrix, float64
+        The deltas ``c − 1`` where c is not 1: −1 on the mask's entries, ``c − 1`` on a
+        weighted block's stored entries, none for a plain block.
+    """
+    unknown = getattr(A_i, "unknown", None)
+    weights = getattr(A_i, "weights", None)
+    A_i = as_csr(A_i)
+    if unknown is not None:
+        return A_i, _with_data(unknown, np.full(unknown.indptr[-1], -1.0))
+    if weights is not None:
+        targets = (weights * A_i.data).astype(A_i.dtype)
+        return _with_data(A_i, targets), _with_data(A_i, weights - 1.0)
+    return A_i, sp.csr_matrix(A_i.shape, dtype=np.float64)
+
+
+def row_systems(
+    A_i, Ht: np.ndarray, HHt: np.ndarray | None, *, all_seen: bool
+) -> tuple[sp.csr_matrix, np.ndarray]:
+    """A block's weighted targets and each row's packed gram ``Σ_j c_ij·h_j·h_jᵀ``.
+
+    Parameters
+    ----------
+    A_i : CSR matrix
+        A row block (see :func:`targets_and_weights`, :func:`targets_and_deltas`).
+    Ht : ndarray, shape (n, k)
+    HHt : ndarray, shape (k, k), float64
+        ``H·Hᵀ``; read only with ``all_seen``.
+    all_seen : bool
+        Every entry is seen (weight 1 but on the block's correction pattern) rather than the
+        stored ones only.
+
+    Returns
+    -------
+    Y : CSR matrix
+        The block's weighted targets (the right-hand sides are ``Y·Hᵀ``).
+    grams : ndarray, shape (m_i, k(k+1)/2), float64
+    """
+    if all_seen:
+        Y, D = targets_and_deltas(A_i)
+        return Y, packed(HHt)[np.newaxis, :] + a_ht_packed(D, Ht)
+    Y, C = targets_and_weights(A_i)
+    return Y, a_ht_packed(C, Ht)
+
+
+def a_ht_packed(C: sp.csr_matrix, Ht: np.ndarray) -> np.ndarray:
+    """``C·vec(h_j h_jᵀ)``: each row's weighted sum of Hᵀ's rows' packed outer products."""
+    return products.a_ht(C, packed_outer(Ht))
 
 
 def _unpack(packed: np.ndarray, k: int, out: np.ndarray) -> np.ndarray:
@@ -177,7 +282,7 @@ def _cd_batch(X, B, G, l1, l2, n_sweeps):
     return x
 
 
-def observed_loss(a_data: np.ndarray, wh: np.ndarray) -> float:
-    """``½·Σ (a − wh)²`` over the observed entries, in float64."""
+def observed_loss(a_data: np.ndarray, wh: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """``½·Σ c·(a − wh)²`` over the observed entries (c = 1 without ``weights``), in float64."""
     d = np.asarray(a_data, dtype=np.float64) - np.asarray(wh, dtype=np.float64)
-    return 0.5 * float(np.dot(d, d))
+    return 0.5 * float(np.dot(d if weights is None else weights * d, d))

@@ -61,7 +61,7 @@ from bignmf.kernels._util import (
 )
 from bignmf.kernels.bpp import nnls_bpp
 from bignmf.kernels.hals import hals_update
-from bignmf.kernels.loss import dense_part, frobenius_loss, nonzero_part
+from bignmf.kernels.loss import dense_part, frobenius_expansion, frobenius_loss, nonzero_part
 from bignmf.kernels.mu import (
     accumulate_h_denominator_dense,
     beta_ratio,
@@ -72,12 +72,14 @@ from bignmf.kernels.mu import (
 )
 from bignmf.kernels.observed import (
     GATHER_ENTRIES,
+    a_ht_packed,
     cd_rows,
     observed_loss,
     packed,
     packed_outer,
     packed_size,
-    pattern,
+    targets_and_deltas,
+    targets_and_weights,
 )
 from bignmf.kernels.products import a_ht, accumulate_at_w, gram, inner, wh_at_nonzeros
 
@@ -743,9 +745,10 @@ class MUSolver(Solver):
 
 
 class _ObservedSolver(Solver):
-    """The Frobenius loss on the stored entries only (``missing="zeros"``), see
-    :mod:`bignmf.kernels.observed`: the W half-step from each row's own gram or mask, then
-    the block's share of H's per-column sums, with the new W_i and the current H."""
+    """The Frobenius loss on the stored entries only (``missing="zeros"``), weighted when the
+    blocks carry ``weights``, see :mod:`bignmf.kernels.observed`: the W half-step from each
+    row's own gram or weights, then the block's share of H's per-column sums, with the new
+    W_i and the current H."""
 
     def check_params(self, params: SolverParams) -> None:
         if params.beta_loss != 2.0:
@@ -754,24 +757,26 @@ class _ObservedSolver(Solver):
                 f"(Frobenius), got {params.beta_loss!r}"
             )
 
-    def _new_w(self, A_i, W_i, Ht, params, aht, work):
+    def _new_w(self, A_i, C, W_i, Ht, params, aht, work):
         raise NotImplementedError
 
-    def _accumulate_h(self, A_i, W_new, wh, acc):
+    def _accumulate_h(self, C, W_new, wh, acc):
         raise NotImplementedError
 
     def update_w_block(self, A_i, W_i, H, Ht, HHt, params, acc, work=None):
+        weights = getattr(A_i, "weights", None)
+        Y, C = targets_and_weights(A_i)
         A_i, W_i, Ht, dtype = self._prepare_block(A_i, W_i, Ht, params)
         m, k = W_i.shape
         nnz = A_i.indptr[-1]
-        aht = a_ht(A_i, Ht, out=scratch(work, "aht", (m, k), dtype))
-        W_new = self._new_w(A_i, W_i, Ht, params, aht, work)
+        aht = a_ht(Y, Ht, out=scratch(work, "aht", (m, k), dtype))
+        W_new = self._new_w(A_i, C, W_i, Ht, params, aht, work)
         wh = wh_at_nonzeros(
             A_i, W_new, Ht, out=scratch(work, "wh", (nnz,), dtype), batch_size=GATHER_ENTRIES
         )
-        acc["loss"] += observed_loss(A_i.data, wh)
-        accumulate_at_w(A_i, W_new, acc["AtW"])
-        self._accumulate_h(A_i, W_new, wh, acc)
+        acc["loss"] += observed_loss(A_i.data, wh, weights)
+        accumulate_at_w(Y, W_new, acc["AtW"])
+        self._accumulate_h(C, W_new, wh, acc)
         for key, value in penalty_sums(W_new, squares=True).items():
             acc[key] += value
         return W_new
@@ -780,6 +785,13 @@ class _ObservedSolver(Solver):
         raise ValueError(
             "missing entries need each row's own gram: H cannot be cut into column ranges"
         )
+
+
+def _weighted(C, values: np.ndarray) -> np.ndarray:
+    """``values`` times C's weights (unchanged for a pattern of ones, whose bits it keeps)."""
+    if np.all(C.data == 1.0):
+        return values
+    return (C.data * values).astype(values.dtype)
 
 
 class ObservedHALSSolver(_ObservedSolver):
@@ -793,12 +805,12 @@ class ObservedHALSSolver(_ObservedSolver):
         acc["grams"] = np.zeros((n, packed_size(k)), dtype=np.float64)
         return acc
 
-    def _new_w(self, A_i, W_i, Ht, params, aht, work):
-        grams = a_ht(pattern(A_i), packed_outer(Ht))
+    def _new_w(self, A_i, C, W_i, Ht, params, aht, work):
+        grams = a_ht_packed(C, Ht)
         return _descend(W_i.copy(), aht, grams, params.l1_W, params.l2_W, params)
 
-    def _accumulate_h(self, A_i, W_new, wh, acc):
-        accumulate_at_w(pattern(A_i), packed_outer(W_new), acc["grams"])
+    def _accumulate_h(self, C, W_new, wh, acc):
+        accumulate_at_w(C, packed_outer(W_new), acc["grams"])
 
     def update_h(self, H, acc, params, norm_a_sq=None):
         self.check_params(params)
@@ -807,8 +819,8 @@ class ObservedHALSSolver(_ObservedSolver):
         return np.ascontiguousarray(Ht_new.T), float(acc["loss"])
 
     def loss_after_h(self, acc, H, norm_a_sq):
-        # ½Σ_observed (a − w·h)² = ½(‖A‖² − 2Σ_j h_j·(AᵀW)_j + Σ_j h_jᵀ·G_j·h_j), G_j column j's
-        # gram: the sums of the W pass give it for the new H too
+        # ½Σ_observed c(t − w·h)² = ½(Σct² − 2Σ_j h_j·((C∘T)ᵀW)_j + Σ_j h_jᵀ·G_j·h_j), G_j
+        # column j's gram: the sums of the W pass give it for the new H too (norm_a_sq: Σct²)
         if norm_a_sq is None:
             return None
         Ht = np.ascontiguousarray(H.T, dtype=np.float64)
@@ -831,7 +843,8 @@ def _off_diagonal_twice(k: int) -> np.ndarray:
 
 
 class ObservedMUSolver(_ObservedSolver):
-    """Multiplicative updates with the mask: ``W ← W∘(P∘A)Hᵀ / (P∘(WH))Hᵀ``, H likewise."""
+    """Multiplicative updates with the mask: ``W ← W∘(C∘A)Hᵀ / (C∘(WH))Hᵀ``, H likewise (C:
+    the stored entries' weights, 1 without)."""
 
     name: ClassVar[str] = "mu"
 
@@ -841,15 +854,15 @@ class ObservedMUSolver(_ObservedSolver):
         acc["den"] = np.zeros_like(acc["AtW"])
         return acc
 
-    def _new_w(self, A_i, W_i, Ht, params, aht, work):
+    def _new_w(self, A_i, C, W_i, Ht, params, aht, work):
         wh = wh_at_nonzeros(A_i, W_i, Ht, batch_size=GATHER_ENTRIES)
-        denominator = a_ht(csr_with_data(A_i, wh), Ht)
+        denominator = a_ht(csr_with_data(A_i, _weighted(C, wh)), Ht)
         W_new = W_i.copy()
         mu_step(W_new, aht, denominator, l1=params.l1_W, l2=params.l2_W, keep_numerator=True)
         return W_new
 
-    def _accumulate_h(self, A_i, W_new, wh, acc):
-        accumulate_at_w(csr_with_data(A_i, wh), W_new, acc["den"])
+    def _accumulate_h(self, C, W_new, wh, acc):
+        accumulate_at_w(csr_with_data(C, _weighted(C, wh)), W_new, acc["den"])
 
     def update_h(self, H, acc, params, norm_a_sq=None):
         self.check_params(params)
@@ -861,110 +874,132 @@ class ObservedMUSolver(_ObservedSolver):
 
 
 class _MaskedSolver(Solver):
-    """The Frobenius loss on every entry off a mask (``mask=``): the blocks are A' (A off the
-    mask) carrying their mask rows (:class:`bignmf.store.masked.MaskedBlock`). The plain sums
-    over A' give the loss and grams of all entries; the mask's entries are taken out again,
-    ``W_iᵀ·(M∘WH)``-style, on the mask's pattern only."""
+    """The Frobenius loss on every entry, weighted 1 but on a sparse pattern: off a mask
+    (``mask=``: the blocks are A off the mask carrying their mask rows,
+    :class:`bignmf.store.masked.MaskedBlock`), or with confidence weights on A's stored
+    entries (:class:`bignmf.store.weighted.WeightedBlock`). The plain sums over the weighted
+    targets give the loss and grams of all entries with weight 1; the pattern's deltas
+    ``d = c − 1`` (−1 under a mask) correct them, ``W_iᵀ·(D∘WH)``-style, on that pattern only
+    (:func:`bignmf.kernels.observed.targets_and_deltas`)."""
 
     def new_accumulator(self, n, k, dtype, beta_loss=2.0):
         acc = super().new_accumulator(n, k, dtype, beta_loss)  # AtW, WtW, cross, W_l1
-        acc["mask_sq"] = np.zeros((), dtype=np.float64)
+        acc["delta_sq"] = np.zeros((), dtype=np.float64)
         return acc
 
-    def _new_w(self, A_i, M, W_i, Ht, HHt, params, aht):
+    def _new_w(self, Y, D, W_i, Ht, HHt, params, aht):
         raise NotImplementedError
 
-    def _accumulate_mask(self, M, W_new, wh, acc):
+    def _accumulate_deltas(self, D, W_new, wh, acc):
         raise NotImplementedError
 
     def update_w_block(self, A_i, W_i, H, Ht, HHt, params, acc, work=None):
-        M = A_i.unknown
-        A_i, W_i, Ht, dtype = self._prepare_block(A_i, W_i, Ht, params)
+        Y, D = targets_and_deltas(A_i)
+        Y, W_i, Ht, dtype = self._prepare_block(Y, W_i, Ht, params)
         HHt = self._check_hht(HHt, W_i.shape[1])
-        aht = a_ht(A_i, Ht, out=scratch(work, "aht", W_i.shape, dtype))
-        W_new = self._new_w(A_i, M, W_i, Ht, HHt, params, aht)
-        self._accumulate_frobenius(A_i, W_new, aht, acc)
-        wh = wh_at_nonzeros(M, W_new, Ht, batch_size=GATHER_ENTRIES)
+        aht = a_ht(Y, Ht, out=scratch(work, "aht", W_i.shape, dtype))
+        W_new = self._new_w(Y, D, W_i, Ht, HHt, params, aht)
+        self._accumulate_frobenius(Y, W_new, aht, acc)
+        wh = wh_at_nonzeros(D, W_new, Ht, batch_size=GATHER_ENTRIES)
         wh64 = wh.astype(np.float64)
-        acc["mask_sq"] += np.dot(wh64, wh64)
-        self._accumulate_mask(M, W_new, wh, acc)
+        acc["delta_sq"] += np.dot(D.data * wh64, wh64)
+        self._accumulate_deltas(D, W_new, wh, acc)
         return W_new
 
     def _masked_loss(self, acc, Ht, norm_a_sq):
-        # ½Σ_all (a' − wh)² − ½Σ_mask wh²: A' is 0 under the mask
-        return self._frobenius_loss(acc, Ht, norm_a_sq) - 0.5 * float(acc["mask_sq"])
+        # ½Σ_all c(t − wh)² = ½Σ_all (ct² − 2ct·wh + wh²) + ½Σ_pattern d·wh², since t is 0
+        # off A's pattern: the plain expansion of the weighted targets (norm_a_sq is Σct²)
+        # corrected on the pattern; only the sum is a sum of squares, clipped at 0
+        return _corrected(acc, acc["cross"], Ht, norm_a_sq, float(acc["delta_sq"]))
 
     def w_from_aht(self, W_i, aht, HHt, params):
-        raise ValueError("a mask needs each row's own gram: H cannot be cut into column ranges")
+        raise ValueError(
+            "a mask or entry weights need each row's own gram: H cannot be cut into column ranges"
+        )
 
 
 class MaskedHALSSolver(_MaskedSolver):
-    """Coordinate descent on each row's (and column's) gram over the entries off the mask."""
+    """Coordinate descent on each row's (and column's) gram: the plain one corrected by the
+    pattern's deltas."""
 
     name: ClassVar[str] = "hals"
 
     def new_accumulator(self, n, k, dtype, beta_loss=2.0):
         acc = super().new_accumulator(n, k, dtype, beta_loss)
-        acc["mask_grams"] = np.zeros((n, packed_size(k)), dtype=np.float64)
+        acc["delta_grams"] = np.zeros((n, packed_size(k)), dtype=np.float64)
         return acc
 
-    def _new_w(self, A_i, M, W_i, Ht, HHt, params, aht):
-        grams = packed(HHt)[np.newaxis, :] - a_ht(M, packed_outer(Ht))
+    def _new_w(self, Y, D, W_i, Ht, HHt, params, aht):
+        grams = packed(HHt)[np.newaxis, :] + a_ht_packed(D, Ht)
         return _descend(W_i.copy(), aht, grams, params.l1_W, params.l2_W, params)
 
-    def _accumulate_mask(self, M, W_new, wh, acc):
-        accumulate_at_w(M, packed_outer(W_new), acc["mask_grams"])
+    def _accumulate_deltas(self, D, W_new, wh, acc):
+        accumulate_at_w(D, packed_outer(W_new), acc["delta_grams"])
 
     def update_h(self, H, acc, params, norm_a_sq=None):
         self.check_params(params)
         Ht = self._ht_of(H, acc)
         loss = self._masked_loss(acc, Ht, norm_a_sq)
-        grams = packed(acc["WtW"])[np.newaxis, :] - acc["mask_grams"]
+        grams = packed(acc["WtW"])[np.newaxis, :] + acc["delta_grams"]
         Ht_new = _descend(Ht.copy(), acc["AtW"], grams, params.l1_H, params.l2_H, params)
         return np.ascontiguousarray(Ht_new.T), loss
 
     def loss_after_h(self, acc, H, norm_a_sq):
-        whole = super().loss_after_h(acc, H, norm_a_sq)
-        if whole is None:
+        if norm_a_sq is None:
             return None
         Ht = np.ascontiguousarray(H.T, dtype=np.float64)
+        cross = np.vdot(acc["AtW"].astype(np.float64), Ht)
         weights = _off_diagonal_twice(H.shape[0])
-        masked = float(np.vdot(acc["mask_grams"], packed_outer(Ht) * weights))
-        return max(whole - 0.5 * masked, 0.0)
+        deltas = float(np.vdot(acc["delta_grams"], packed_outer(Ht) * weights))
+        return _corrected(acc, cross, Ht, norm_a_sq, deltas)
 
 
 class MaskedMUSolver(_MaskedSolver):
-    """Multiplicative updates over the entries off the mask."""
+    """Multiplicative updates, ``W ← W∘(C∘T)Hᵀ / (C∘(WH))Hᵀ`` with ``C∘(WH) = WH + D∘(WH)``."""
 
     name: ClassVar[str] = "mu"
 
     def new_accumulator(self, n, k, dtype, beta_loss=2.0):
         acc = super().new_accumulator(n, k, dtype, beta_loss)
-        acc["mask_den"] = np.zeros_like(acc["AtW"])
+        acc["delta_den"] = np.zeros_like(acc["AtW"])
         return acc
 
-    def _new_w(self, A_i, M, W_i, Ht, HHt, params, aht):
-        wh = wh_at_nonzeros(M, W_i, Ht, batch_size=GATHER_ENTRIES)
-        denominator = W_i @ HHt.astype(W_i.dtype) - a_ht(csr_with_data(M, wh), Ht)
+    def _new_w(self, Y, D, W_i, Ht, HHt, params, aht):
+        wh = wh_at_nonzeros(D, W_i, Ht, batch_size=GATHER_ENTRIES)
+        denominator = W_i @ HHt.astype(W_i.dtype) + a_ht(_times_deltas(D, wh), Ht)
         np.maximum(denominator, 0, out=denominator)  # rounding may leave tiny negatives
         W_new = W_i.copy()
         mu_step(W_new, aht, denominator, l1=params.l1_W, l2=params.l2_W, keep_numerator=True)
         return W_new
 
-    def _accumulate_mask(self, M, W_new, wh, acc):
-        accumulate_at_w(csr_with_data(M, wh), W_new, acc["mask_den"])
+    def _accumulate_deltas(self, D, W_new, wh, acc):
+        accumulate_at_w(_times_deltas(D, wh), W_new, acc["delta_den"])
 
     def update_h(self, H, acc, params, norm_a_sq=None):
         self.check_params(params)
         Ht = self._ht_of(H, acc)
         loss = self._masked_loss(acc, Ht, norm_a_sq)
-        denominator = Ht @ acc["WtW"].astype(Ht.dtype) - acc["mask_den"]
+        denominator = Ht @ acc["WtW"].astype(Ht.dtype) + acc["delta_den"]
         np.maximum(denominator, 0, out=denominator)
         Ht_new = mu_update_h(Ht, acc["AtW"], denominator, beta=2.0, l1=params.l1_H, l2=params.l2_H)
         return np.ascontiguousarray(Ht_new.T), loss
 
     def loss_after_h(self, acc, H, norm_a_sq):
-        return None  # the mask's part of the new H's loss needs its columns' grams
+        return None  # the pattern's part of the new H's loss needs its columns' grams
+
+
+def _corrected(acc, cross, Ht, norm_a_sq, correction: float) -> float:
+    """½·max(‖T‖²_C − 2·cross + ⟨WᵀW, H·Hᵀ⟩ + correction, 0): the loss of all entries with
+    weight 1 but on a pattern whose part is ``correction``."""
+    if norm_a_sq is None:
+        raise ValueError("norm_a_sq (= Σ c·t²) is required for beta_loss=2")
+    whole = frobenius_expansion(norm_a_sq, float(cross), acc["WtW"], gram(Ht))
+    return 0.5 * max(whole + correction, 0.0)
+
+
+def _times_deltas(D, wh: np.ndarray):
+    """``D∘(WH)`` on D's pattern, in ``wh``'s dtype."""
+    return csr_with_data(D, (D.data * wh).astype(wh.dtype))
 
 
 def _observed_accumulator(n: int, k: int, dtype) -> Accumulator:
@@ -1020,7 +1055,8 @@ def get_solver(name: str, missing: str | None = None) -> Solver:
         table = MASKED_SOLVERS if missing == MASK else OBSERVED_SOLVERS
         if name not in table:
             raise ValueError(
-                f"solver {name!r} cannot fit around unknown entries; use one of "
+                f"solver {name!r} cannot fit around unknown entries or with entry weights; use "
+                "one of "
                 f"{', '.join(sorted(table))}"
             )
         return table[name]

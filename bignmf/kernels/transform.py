@@ -21,7 +21,7 @@ from bignmf.kernels._util import Work, as_csr, scratch, wh_power_batches
 from bignmf.kernels.bpp import nnls_bpp
 from bignmf.kernels.loss import kept_entries
 from bignmf.kernels.mu import mu_update_w
-from bignmf.kernels.observed import cd_rows, packed, packed_outer, pattern
+from bignmf.kernels.observed import cd_rows, row_systems
 from bignmf.kernels.products import a_ht, gram, wh_at_nonzeros
 from bignmf.kernels.solvers import SolverParams
 
@@ -67,6 +67,9 @@ class TransformSpec:
     max_iter: int = 200
     tol: float = 1e-4
     w_init: float = 0.0
+    #: 'observed': every entry is seen, weighted 1 but on the blocks' correction pattern (a
+    #: mask, confidence weights), rather than the stored entries only
+    all_seen: bool = False
 
 
 def nnls_transform_step(A_i, W_i, i, h: FixedH, spec: TransformSpec, work: Work | None):
@@ -94,10 +97,11 @@ def nnls_transform_step(A_i, W_i, i, h: FixedH, spec: TransformSpec, work: Work 
 
 
 def observed_transform_step(A_i, W_i, i, h: FixedH, spec: TransformSpec, work: Work | None):
-    """The block's rows against their observed entries only: the stored ones
-    (``missing="zeros"``), or every entry off the mask of a masked block.
+    """The block's rows against their observed entries only, weighted: the stored ones
+    (``missing="zeros"``), every entry off the mask of a masked block, or every entry with
+    confidence weights on the stored ones (``spec.all_seen`` for the last two).
 
-    Each row minimises ``½·Σ_{j observed} (a_j − w·h_j)² + l1·Σw + ½·l2·‖w‖²`` on its own gram
+    Each row minimises ``½·Σ_j c_j (t_j − w·h_j)² + l1·Σw + ½·l2·‖w‖²`` on its own gram
     (:mod:`bignmf.kernels.observed`), by ``spec.max_iter`` sweeps of coordinate descent from
     ``spec.w_init``: the point the fit's half-step converges to. A row with no stored entry
     gets zeros.
@@ -107,14 +111,9 @@ def observed_transform_step(A_i, W_i, i, h: FixedH, spec: TransformSpec, work: W
     None, ndarray of shape (m_i, k)
         No partial sums; the block's rows of W (C-contiguous, ``spec.dtype``).
     """
-    unknown = getattr(A_i, "unknown", None)  # a masked block: its mask rows
-    A_i = as_csr(A_i)
     m, k = A_i.shape[0], h.Ht.shape[1]
-    aht = a_ht(A_i, h.Ht, out=scratch(work, "aht", (m, k), spec.dtype))
-    if unknown is None:  # the stored entries are the observed ones
-        grams = a_ht(pattern(A_i), packed_outer(h.Ht))
-    else:  # every entry off the mask is
-        grams = packed(h.HHt)[np.newaxis, :] - a_ht(unknown, packed_outer(h.Ht))
+    Y, grams = row_systems(A_i, h.Ht, h.HHt, all_seen=spec.all_seen)
+    aht = a_ht(Y, h.Ht, out=scratch(work, "aht", (m, k), spec.dtype))
     W = np.full((m, k), spec.w_init, dtype=np.float64)
     cd_rows(
         W,

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 
 from bignmf.errors import ParameterError
 
-__all__ = ["MaskedBlock", "MaskedMatrix", "rows_of"]
+__all__ = ["MaskedBlock", "MaskedMatrix", "matrix_token", "rows_of"]
 
 
 class MaskedBlock(sp.csr_matrix):
@@ -137,9 +137,10 @@ class MaskedMatrix:
         return {"matrix": self.matrix.fingerprint(), "mask": self.mask.fingerprint()}
 
     def __dask_tokenize__(self) -> tuple:
-        return ("bignmf-masked-matrix", _token(self.matrix), _token(self.mask))
+        return ("bignmf-masked-matrix", matrix_token(self.matrix), matrix_token(self.mask))
 
 
-def _token(matrix: Any) -> Any:
+def matrix_token(matrix: Any) -> Any:
+    """A block matrix's dask token (its own, else its identity)."""
     tokenize = getattr(matrix, "__dask_tokenize__", None)
     return tokenize() if tokenize is not None else id(matrix)

@@ -127,7 +127,7 @@ def test_the_plan_counts_the_column_grams(ratings):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"solver": "bpp"}, "solver 'bpp' cannot fit around unknown entries; use one of hals, mu"),
+        ({"solver": "bpp"}, "solver 'bpp' cannot fit around unknown entries or with entry"),
         ({"solver": "mu", "beta_loss": "kullback-leibler"}, "supports only beta_loss=2"),
         ({"column_chunks": 2}, "column_chunks > 1 cannot be used with missing entries"),
         ({"missing": "nan"}, "unknown missing 'nan'; choose one of zeros"),

@@ -45,18 +45,17 @@ def fit_blocks(A, W, H, solver, params, n_iter, cuts=(0, 17, 35, None)):
     return W, H, losses
 
 
-def dense_cd(A, W, H, n_iter, l1=0.0, l2=0.0, n_sweeps=1, observed=None):
+def dense_cd(A, W, H, n_iter, l1=0.0, l2=0.0, n_sweeps=1, observed=None, weights=None):
     """Coordinate descent on each row's and column's own gram over the ``observed`` entries
-    (default: the stored ones), one entry at a time."""
-    M = (A != 0).toarray() if observed is None else observed
-    X = A.toarray() * M
+    (default: the stored ones), one entry at a time; with ``weights`` (dense c of every entry)
+    on ``½Σ c·(a − wh)²``, A's dense values the targets."""
+    C, X = _weights_and_targets(A, observed, weights)
     W, H = W.copy(), H.copy()
 
-    def half_step(F, G, data, mask):  # F rows updated against the fixed factor G (k, n)
+    def half_step(F, G, data, c):  # F rows updated against the fixed factor G (k, n)
         for r in range(F.shape[0]):
-            obs = mask[r]
-            gram = G[:, obs] @ G[:, obs].T + l2 * np.eye(G.shape[0])
-            rhs = G[:, obs] @ data[r, obs] - l1
+            gram = (G * c[r]) @ G.T + l2 * np.eye(G.shape[0])
+            rhs = G @ (c[r] * data[r]) - l1
             for _ in range(n_sweeps):
                 for t in range(F.shape[1]):
                     if gram[t, t] <= 0:
@@ -66,24 +65,31 @@ def dense_cd(A, W, H, n_iter, l1=0.0, l2=0.0, n_sweeps=1, observed=None):
                     F[r, t] = max(F[r, t] - grad / gram[t, t], 0.0)
 
     for _ in range(n_iter):
-        half_step(W, H, X, M)
+        half_step(W, H, X, C)
         Ht = H.T.copy()
-        half_step(Ht, W.T, X.T, M.T)
+        half_step(Ht, W.T, X.T, C.T)
         H = Ht.T.copy()
     return W, H
 
 
-def dense_masked_mu(A, W, H, n_iter, observed=None):
+def _weights_and_targets(A, observed, weights):
+    if weights is not None:
+        return np.asarray(weights, dtype=float), A.toarray()
+    M = (A != 0).toarray() if observed is None else observed
+    return M.astype(float), A.toarray() * M
+
+
+def dense_masked_mu(A, W, H, n_iter, observed=None, weights=None):
     """Lee & Seung's updates for ½Σ_observed (a − wh)², dense, with scikit-learn's EPSILON
-    (observed: the stored entries by default)."""
-    M = ((A != 0).toarray() if observed is None else observed).astype(float)
-    X = A.toarray() * M
+    (observed: the stored entries by default); with ``weights``, for ``½Σ c·(a − wh)²``."""
+    C, X = _weights_and_targets(A, observed, weights)
+    X = C * X
     W, H = W.copy(), H.copy()
     for _ in range(n_iter):
-        den = (M * (W @ H)) @ H.T
+        den = (C * (W @ H)) @ H.T
         den[den == 0] = EPS
         W *= (X @ H.T) / den
-        den = W.T @ (M * (W @ H))
+        den = W.T @ (C * (W @ H))
         den[den == 0] = EPS
         H *= (W.T @ X) / den
     return W, H
@@ -195,7 +201,8 @@ def test_rows_and_columns_without_entries_get_zeros():
 
 
 def test_bpp_and_other_losses_are_refused_with_missing_entries():
-    with pytest.raises(ValueError, match="cannot fit around unknown entries; use one of hals, mu"):
+    message = "cannot fit around unknown entries or with entry weights; use one of hals, mu"
+    with pytest.raises(ValueError, match=message):
         get_solver("bpp", "zeros")
     with pytest.raises(ValueError, match="supports only beta_loss=2"):
         get_solver("mu", "zeros").new_accumulator(4, 2, np.float64, beta_loss=1.0)
