@@ -239,22 +239,24 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     source = _source(args.input, args.key, args.block_nnz)
     where = _scheduler(args)  # checks a --cluster file before a long conversion
     created = not run_dir.exists()
-    reuse = run.claim(source)  # a new or empty --out, or what a stopped attempt left
-    try:
-        store = _as_store(args.input, run_dir, args.key, args.block_nnz, reuse)
-        mask = _beside_store(args.mask, run_dir, MASK_CONVERTED) if args.mask else None
-        weights = _weights_arg(args.weights, run_dir)
-        crash_point("fit-converted", 0)
-        start = time.perf_counter()
-        result = _fit_in(where, store, run_dir, args, mask, weights)
-    except BaseException:
-        run.release(created)  # a failed start blocks no retry (a converted input is kept)
-        raise
-    if args.plan_only:
-        run.release(created)  # only a conversion stays, for the fit that follows
-        print("\n".join(result.describe()))
-        return 0
-    _finish(run_dir, result, time.perf_counter() - start, args.top)
+    run.check_free()  # the user's files are refused before the lock writes there
+    with run.locked():  # the conversion, the fit and its outputs
+        reuse = run.claim(source)  # a new or empty --out, or what a stopped attempt left
+        try:
+            store = _as_store(args.input, run_dir, args.key, args.block_nnz, reuse)
+            mask = _beside_store(args.mask, run_dir, MASK_CONVERTED) if args.mask else None
+            weights = _weights_arg(args.weights, run_dir)
+            crash_point("fit-converted", 0)
+            start = time.perf_counter()
+            result = _fit_in(where, store, run_dir, args, mask, weights)
+        except BaseException:
+            run.release(created)  # a failed start blocks no retry (a converted input is kept)
+            raise
+        if args.plan_only:
+            run.release(created)  # only a conversion stays, for the fit that follows
+            print("\n".join(result.describe()))
+            return 0
+        _finish(run_dir, result, time.perf_counter() - start, args.top)
     return 0
 
 
@@ -337,10 +339,13 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         # nothing to run and the outputs are written: no scheduler started, no file changed
         print(_already_finished(run.path, *done, options), file=sys.stderr)
         return 0
-    start = time.perf_counter()
-    with _scheduler(args) as scheduler:
-        result = resume(run.path, scheduler=scheduler, progress=not args.no_progress, **overrides)
-    _finish(run.path, result, time.perf_counter() - start, args.top)
+    with run.locked():  # the fit and its outputs: another resume is refused meanwhile
+        start = time.perf_counter()
+        with _scheduler(args) as scheduler:
+            result = resume(
+                run.path, scheduler=scheduler, progress=not args.no_progress, **overrides
+            )
+        _finish(run.path, result, time.perf_counter() - start, args.top)
     return 0
 
 
@@ -970,6 +975,25 @@ def _user_error(error: BaseException, args: argparse.Namespace | None) -> str:
     return " ".join(text.split()) or type(error).__name__
 
 
+def _fault(error: Exception, args: argparse.Namespace | None) -> int:
+    """Exit status 3 and one line for a fit stopped by its machine (a lost scheduler, a full
+    disk: :func:`bignmf.fit.faults.describe`), the traceback only with ``-v``; re-raise
+    anything else."""
+    from bignmf.fit.faults import FAULT_STATUS, describe
+
+    command = getattr(args, "command", None)
+    run_dir = {"fit": "out", "resume": "run_dir"}.get(command)
+    line = describe(error, getattr(args, run_dir, None) if run_dir else None, command or "")
+    if line is None:
+        raise error
+    if getattr(args, "verbose", False):
+        import traceback
+
+        traceback.print_exception(error, file=sys.stderr)
+    print(f"bignmf {command}: error: {line}", file=sys.stderr)
+    return FAULT_STATUS
+
+
 def _flags(args: argparse.Namespace) -> dict[str, str]:
     """Keyword → flag, for the options of the command that ran."""
     return {**getattr(args, "flags", {}), "n_components": "-k", "random_state": "--seed"}
@@ -1011,6 +1035,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog = "bignmf" if args is None else f"bignmf {args.command}"
         print(f"{prog}: error: {_user_error(err, args)}", file=sys.stderr)
         return 2
+    except Exception as err:  # the machine's faults get a line; anything else is a bug
+        return _fault(err, args)
     except BrokenPipeError:
         # the reader went away (`bignmf top-features RUN | head`): end quietly; stdout is
         # pointed at devnull so that flushing it at exit raises nothing more

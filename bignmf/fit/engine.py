@@ -7,6 +7,7 @@ only to the persisted results of iteration t-1, so lineage never grows.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -444,34 +445,38 @@ def _start(
     for line in memory.describe():
         logger.info("plan: %s", line)
     runner = Runner(options.scheduler)
+    where = resume if resume is not None else checkpoint_dir
+    run_dir = RunDir(where) if where is not None else None
+    # refusals before the lock writes its owner: the user's directory, another matrix
+    if run_dir is not None and resume is None:
+        run_dir.check_free()
     if resume is not None:
-        run_dir = RunDir(resume)
         _check_resumable(run_dir, recorded, matrix, settings)
         settings = recorded.settings
-    elif checkpoint_dir is not None:
-        record = RunRecord(settings, options, _matrix_record(matrix), versions())
-        run_dir = RunDir(checkpoint_dir).create(record.to_json())
-    else:
-        run_dir = None
-    observers = observers + _run_callbacks(run_dir, options)
-    job = _Job(
-        matrix,
-        settings,
-        options,
-        memory,
-        *checked,
-        runner,
-        run_dir,
-        recorded is not None,
-        initial,
-        observers,
-    )
-    try:
-        return _fit(job)
-    except BaseException:
-        if run_dir is not None and resume is None:
-            run_dir.discard()  # a run that fails before its first checkpoint blocks no retry
-        raise
+    # one process at a time fits or resumes a run directory: two resumes used to interleave
+    with run_dir.locked() if run_dir is not None else contextlib.nullcontext():
+        if resume is None and run_dir is not None:
+            record = RunRecord(settings, options, _matrix_record(matrix), versions())
+            run_dir.create(record.to_json())
+        observers = observers + _run_callbacks(run_dir, options)
+        job = _Job(
+            matrix,
+            settings,
+            options,
+            memory,
+            *checked,
+            runner,
+            run_dir,
+            recorded is not None,
+            initial,
+            observers,
+        )
+        try:
+            return _fit(job)
+        except BaseException:
+            if run_dir is not None and resume is None:
+                run_dir.discard()  # a run that fails before its first checkpoint blocks no retry
+            raise
 
 
 @dataclass(frozen=True)

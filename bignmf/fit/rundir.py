@@ -19,6 +19,8 @@ Layout of a run directory::
       summary.json        the finished run's summary, written last
       .bignmf-fit.json    `bignmf fit`'s claim: the input it converts (written before run.json)
       A.zarr/             that input converted, when it was not a store (+ A.zarr.vocab.txt)
+      .lock               locked by the one process fitting or resuming the run, naming it
+                          (:mod:`bignmf.fit.lock`)
 
 A checkpoint is written into a hidden temporary directory, its manifest (the group attributes,
 with the checksums) last, then renamed to ``ckpt-NNNNNN`` and only then named by ``CURRENT``.
@@ -47,6 +49,7 @@ import numpy as np
 import zarr
 
 from bignmf.errors import CheckpointError, CheckpointWarning
+from bignmf.fit.lock import LOCK, LOCK_OWNER, hold
 
 FORMAT_VERSION = 1
 RUN_FILE = "run.json"
@@ -73,11 +76,18 @@ WEIGHTS_CONVERTED = "weights.zarr"  # the same for --weights FILE
 CLAIM = ".bignmf-fit.json"  # a fit's claim on the directory before its run.json exists
 # what a run writes before its first checkpoint: removed when such a run fails
 _STARTED = (RUN_FILE, POINTER, METRICS, WORK_W, buffers_name("AHt"))
+LOCKS = {LOCK, LOCK_OWNER}  # a run directory's lock files: never the user's
 
 
 def crc32(values: np.ndarray) -> int:
     """CRC-32 of an array's bytes (C order)."""
     return zlib.crc32(np.ascontiguousarray(values).view(np.uint8))
+
+
+def json_crc32(payload: Any) -> int:
+    """CRC-32 of a JSON document's canonical text (sorted keys, no spaces)."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return zlib.crc32(text.encode("utf-8"))
 
 
 def crash_point(name: str, iteration: int) -> None:
@@ -88,6 +98,10 @@ def crash_point(name: str, iteration: int) -> None:
     """
     if os.environ.get("BIGNMF_CRASH_AT") == f"{name}@{iteration}":
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RecordChangedError(CheckpointError):
+    """``run.json`` differs from the one the run's checkpoints were written with."""
 
 
 @dataclass(frozen=True)
@@ -142,10 +156,15 @@ class RunDir:
         """Whether a run was started here."""
         return self.record_path.is_file()
 
+    def locked(self):
+        """A context holding this directory's exclusive lock (:func:`bignmf.fit.lock.hold`):
+        a second process fitting or resuming it is refused, naming the owner."""
+        return hold(self.path)
+
     def create(self, record: dict) -> RunDir:
         """Start a run: write ``run.json``. Refuses a directory that holds another run, or
         anything but what a fit's claim left (see :meth:`claim`)."""
-        self._check_free()
+        self.check_free()
         self.path.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.record_path, {"format_version": FORMAT_VERSION, **record})
         return self
@@ -181,6 +200,8 @@ class RunDir:
                 path.unlink()
         for path in self.path.glob(f".{PREFIX}*.tmp-*"):
             shutil.rmtree(path, ignore_errors=True)
+        for name in LOCKS:  # no run began: nothing is written after
+            (self.path / name).unlink(missing_ok=True)
 
     # -- a fit's claim on its directory, before the run is recorded
     def claim(self, source: dict) -> bool:
@@ -192,7 +213,7 @@ class RunDir:
         already holds ``source`` converted by that earlier fit (conversion commits it only
         when complete, so it is reusable as is); a conversion of another source is removed.
         """
-        self._check_free()
+        self.check_free()
         reusable = self._claim() == source and (self.path / CONVERTED).is_dir()
         if not reusable:
             shutil.rmtree(self.path / CONVERTED, ignore_errors=True)
@@ -205,15 +226,19 @@ class RunDir:
         """Undo :meth:`claim` after a fit that failed before its run began: the claim goes
         (and the directory, when the claim made it and nothing else is left), unless it holds
         the input's conversion, which the next attempt then reuses."""
-        if self.exists() or (self.path / CONVERTED).is_dir():
-            return  # a run to resume, or a conversion the next attempt reuses
+        if self.exists():
+            return  # a run to resume
+        for name in LOCKS:  # no run began: its lock leaves with it (nothing is written after)
+            (self.path / name).unlink(missing_ok=True)
+        if (self.path / CONVERTED).is_dir():
+            return  # a conversion the next attempt reuses
         (self.path / CLAIM).unlink(missing_ok=True)
         if created and self.path.is_dir() and not any(self.path.iterdir()):
             self.path.rmdir()
 
-    def _check_free(self) -> None:
+    def check_free(self) -> None:
         """Refuse a run, a file, or a directory holding anything but a fit's own leftovers
-        (the user's files)."""
+        (the user's files): :class:`CheckpointError` naming what is there."""
         if self.exists():
             raise CheckpointError(
                 f"{self.path} already holds a run: `bignmf resume {self.path}` continues it, or "
@@ -223,7 +248,9 @@ class RunDir:
             raise CheckpointError(f"{self.path} exists and is not a directory")
         claimed = self._claim() is not None
         entries = self.path.iterdir() if self.path.is_dir() else ()
-        foreign = sorted(p.name for p in entries if not (claimed and _ours(p.name)))
+        foreign = sorted(
+            p.name for p in entries if p.name not in LOCKS and not (claimed and _ours(p.name))
+        )
         if foreign:
             more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
             raise CheckpointError(
@@ -291,8 +318,11 @@ class RunDir:
                     if objective_history is None
                     else [float(x) for x in objective_history],
                     "created": time.time(),
+                    # the run.json it continues: an edited run.json (k, the matrix) is noticed
+                    "record_crc32": json_crc32(self.record()),
                 }
             )
+            group.attrs["manifest_crc32"] = json_crc32(dict(group.attrs))
             final = self.path / name
             if final.exists():  # the same iteration again after a resume: identical content
                 shutil.rmtree(final)
@@ -322,20 +352,38 @@ class RunDir:
     def _candidates(self) -> Iterator[Path]:
         """The checkpoint ``CURRENT`` names, then every committed one, newest first."""
         seen = set()
-        try:
-            named = self.path / (self.path / POINTER).read_text().strip()
-        except (FileNotFoundError, OSError):
-            named = None
+        named = self._named()
         for path in ([named] if named is not None else []) + self.committed():
             if path not in seen:
                 seen.add(path)
                 yield path
+
+    def _named(self) -> Path | None:
+        """The checkpoint ``CURRENT`` names, when it names one of this run's by its name alone
+        (no path: an absolute or ``../`` pointer would continue another run); otherwise the
+        committed checkpoints are tried, with a warning."""
+        try:
+            name = (self.path / POINTER).read_bytes().decode("utf-8").strip()
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as err:
+            name = f"<unreadable: {type(err).__name__}>"
+        if name.startswith(PREFIX) and name[len(PREFIX) :].isdigit():
+            return self.path / name
+        warnings.warn(
+            f"{self.path / POINTER} names {name[:80]!r}, not a checkpoint of this run: "
+            "ignored, the newest intact checkpoint is used",
+            CheckpointWarning,
+            stacklevel=3,
+        )
+        return None
 
     def read(self, path: Path) -> Checkpoint:
         """Read a checkpoint's manifest and H, checking H's checksum."""
         try:
             group = zarr.open_group(path, mode="r", use_consolidated=False)
             attrs = dict(group.attrs)
+            self._check_manifest(path, attrs)
             H = group["H"][...]
             iteration = int(attrs["iteration"])
             history = [float(x) for x in attrs["loss_history"]]
@@ -345,6 +393,8 @@ class RunDir:
             final_loss = None if final_loss is None else float(final_loss)
             objective = attrs.get("objective_history")
             objective = None if objective is None else [float(x) for x in objective]
+        except CheckpointError:
+            raise
         except Exception as err:  # any unreadable part means a damaged checkpoint
             raise CheckpointError(f"{path}: unreadable ({type(err).__name__}: {err})") from None
         if crc32(H) != h_crc:
@@ -357,11 +407,26 @@ class RunDir:
             )
         return Checkpoint(path, iteration, history, H, w_crc, final_loss, objective)
 
+    def _check_manifest(self, path: Path, attrs: dict) -> None:
+        """The manifest's own checksum, and the run.json it was written with (checkpoints of
+        runs recorded before these checksums have neither)."""
+        stored = attrs.pop("manifest_crc32", None)
+        if stored is not None and json_crc32(attrs) != stored:
+            raise CheckpointError(f"{path}: its manifest fails its checksum (edited or damaged)")
+        recorded = attrs.get("record_crc32")
+        if recorded is not None and recorded != json_crc32(self.record()):
+            raise RecordChangedError(
+                f"{self.record_path} was changed after the run started ({path.name} was written "
+                "with another one): restore it; a resume changes options with its flags"
+            )
+
     def newest(self) -> Checkpoint | None:
         """The newest checkpoint whose manifest and H read back intact (W is not read)."""
         for path in self._candidates():
             try:
                 return self.read(path)
+            except RecordChangedError:
+                raise  # every checkpoint would say so: not a damaged one
             except CheckpointError:
                 continue
         return None
@@ -378,6 +443,8 @@ class RunDir:
             try:
                 checkpoint = self.read(path)
                 return checkpoint, restore(checkpoint)
+            except RecordChangedError:
+                raise
             except CheckpointError as err:
                 problems.append(str(err))
                 warnings.warn(
