@@ -281,3 +281,27 @@ def test_a_full_disk_names_the_path_the_size_and_the_last_checkpoint(tmp_path, s
     resumed = bignmf.resume(moved, max_iter=30, scheduler="threads")
     whole = bignmf.nmf(store, K, max_iter=30, random_state=1, tol=0, scheduler="threads")
     assert resumed.H.tobytes() == whole.H.tobytes()
+
+
+def test_an_edited_manifest_is_skipped_and_an_edited_run_json_refused(store, tmp_path):
+    import json
+
+    from bignmf.cli import main
+
+    run_dir = started(store, tmp_path / "run", max_iter=3)
+    manifest = run_dir / "ckpt-000003" / "zarr.json"
+    meta = json.loads(manifest.read_text())
+    meta["attributes"]["loss_history"][1] *= 0.5  # H and W's checksums still pass
+    manifest.write_text(json.dumps(meta))
+    whole = bignmf.nmf(store, K, max_iter=4, **RUN)
+    with pytest.warns(CheckpointWarning, match="ckpt-000003: its manifest fails its checksum"):
+        resumed = bignmf.resume(run_dir, max_iter=4)
+    assert resumed.H.tobytes() == whole.H.tobytes()
+    assert resumed.loss_history == whole.loss_history
+    record = json.loads((run_dir / "run.json").read_text())
+    record["settings"]["n_components"] = K + 1
+    (run_dir / "run.json").write_text(json.dumps(record))
+    status = main(["resume", str(run_dir), "--max-iter", "6", "--no-progress"])
+    assert status == 2
+    with pytest.raises(CheckpointError, match=r"run\.json was changed after the run started"):
+        bignmf.resume(run_dir, max_iter=6)
