@@ -11,6 +11,10 @@ cluster up from a YAML file (``--cluster``), one kind of cluster per file::
 Each kind is an entry of :data:`KINDS`: a frozen dataclass whose fields are the keys its YAML
 may hold, and a function that starts the cluster. Launchers (dask-jobqueue, dask-kubernetes,
 asyncssh) are imported only when their kind is started.
+
+Schedulers bignmf starts serve their dashboard on 127.0.0.1 unless the file says otherwise
+(:data:`DASHBOARD_ADDRESS`; reach it through an SSH tunnel), and a ``security:`` section turns
+on TLS for every connection (:func:`make_security`, shared by every kind that takes it).
 """
 
 from __future__ import annotations
@@ -39,6 +43,12 @@ WORKER_ENV = {
     "MKL_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
 }
+
+DASHBOARD_ADDRESS = "127.0.0.1:8787"
+"""Where the scheduler of a ``slurm``, ``pbs`` or ``ssh`` cluster serves its dashboard unless
+``scheduler_options`` says otherwise: its host's loopback interface, out of reach of the other
+machines of the network (``ssh -L 8787:127.0.0.1:8787 HOST`` forwards it). Only the HTTP server:
+the scheduler's comm port stays where the workers reach it."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,10 +119,25 @@ def _hosts(value: Any, where: _Where) -> tuple[str, ...]:
     return hosts
 
 
+def _flag(value: Any, where: _Where) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid("true or false")
+    return value
+
+
 def _options_mapping(value: Any, where: _Where) -> dict:
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise _Invalid("a mapping of option names to values")
     return dict(value)
+
+
+def _default_scheduler_options() -> dict:
+    return {"dashboard_address": DASHBOARD_ADDRESS}
+
+
+def _scheduler_options(value: Any, where: _Where) -> dict:
+    """Options of a scheduler bignmf starts: the dashboard on loopback unless they say where."""
+    return {**_default_scheduler_options(), **_options_mapping(value, where)}
 
 
 def _env(value: Any, where: _Where) -> dict[str, str]:
@@ -217,6 +242,41 @@ def _default_env() -> dict[str, str]:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SecurityOptions:
+    """The ``security:`` section: TLS for every connection, as distributed's ``Security``.
+
+    One certificate and key (PEM files) serve every role, the scheduler, the workers and this
+    client; each end of a connection checks the other's certificate against ``ca_file``, so
+    only holders of a certificate that CA signed may connect.
+
+    Attributes
+    ----------
+    ca_file : path
+        Certificate authority that signed ``cert`` (and the certificates of the other ends).
+    cert, key : path
+        Certificate and private key of the scheduler, the workers and this client (of this
+        client only, for ``kind: address``).
+    require_encryption : bool
+        Refuse unencrypted connections (default true).
+
+    Notes
+    -----
+    ``~`` is expanded and a relative path is taken from the configuration file's folder. The
+    files are checked (readable, loadable) when the cluster starts, by :func:`make_security`;
+    workers started on other machines read them at the same paths.
+    """
+
+    ca_file: Path = field(metadata=_check(_path))
+    cert: Path = field(metadata=_check(_path))
+    key: Path = field(metadata=_check(_path))
+    require_encryption: bool = field(default=True, metadata=_check(_flag))
+
+
+TLSOptions = SecurityOptions
+"""The former name of :class:`SecurityOptions`, from the ``tls:`` section of ``kind: address``."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class LocalOptions:
     """``kind: local``: a LocalCluster of worker processes on this machine (127.0.0.1).
 
@@ -236,6 +296,8 @@ class LocalOptions:
     dashboard_address : str
         Where the scheduler's HTTP server (and dashboard, with bokeh) listens: default
         ``127.0.0.1:0``, a free port on this machine (``client.dashboard_link`` tells which).
+    security : SecurityOptions, optional
+        TLS between the scheduler, the workers and this client (``tls://127.0.0.1`` addresses).
     """
 
     workers: int | None = field(default=None, metadata=_check(_optional_positive_int))
@@ -243,23 +305,9 @@ class LocalOptions:
     memory_limit: str | int | float | None = field(default="auto", metadata=_check(_memory_limit))
     env: dict[str, str] = field(default_factory=_default_env, metadata=_check(_env))
     dashboard_address: str = field(default="127.0.0.1:0", metadata=_check(_text))
-
-
-@dataclass(frozen=True, kw_only=True)
-class TLSOptions:
-    """The ``tls:`` section of ``kind: address``: PEM files, as distributed's ``Security``.
-
-    Attributes
-    ----------
-    ca_file : path
-        Certificate authority that signed the scheduler's certificate.
-    cert, key : path
-        This client's certificate and private key.
-    """
-
-    ca_file: Path = field(metadata=_check(_path))
-    cert: Path = field(metadata=_check(_path))
-    key: Path = field(metadata=_check(_path))
+    security: SecurityOptions | None = field(
+        default=None, metadata=_check(_section(SecurityOptions))
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -272,8 +320,10 @@ class AddressOptions:
         The scheduler, e.g. ``tcp://10.0.0.5:8786`` or ``tls://10.0.0.5:8786``.
     scheduler_file : path
         Instead of ``address``: the JSON file ``dask scheduler --scheduler-file`` writes.
-    tls : TLSOptions, optional
-        Connect with TLS, encryption required (the address must start with ``tls://``).
+    security : SecurityOptions, optional
+        Connect with TLS as the holder of ``cert`` (the address must start with ``tls://``).
+    tls : SecurityOptions, optional
+        The former name of ``security`` (give one or the other).
     timeout : float, optional
         Seconds to connect, then to wait for ``wait_for_workers`` (default 60; null: no
         limit).
@@ -283,17 +333,30 @@ class AddressOptions:
 
     address: str | None = field(default=None, metadata=_check(_optional_text))
     scheduler_file: Path | None = field(default=None, metadata=_check(_path))
-    tls: TLSOptions | None = field(default=None, metadata=_check(_section(TLSOptions)))
+    security: SecurityOptions | None = field(
+        default=None, metadata=_check(_section(SecurityOptions))
+    )
+    tls: SecurityOptions | None = field(default=None, metadata=_check(_section(SecurityOptions)))
     timeout: float | None = field(default=60.0, metadata=_check(_seconds))
     wait_for_workers: int = field(default=1, metadata=_check(_count))
 
     def __post_init__(self) -> None:
         if (self.address is None) == (self.scheduler_file is None):
             raise ValueError("give exactly one of 'address' and 'scheduler_file'")
-        if self.tls is not None and not (self.address or "tls://").startswith("tls://"):
+        if self.tls is not None:
+            if self.security is not None:
+                raise ValueError("give 'security' or its former name 'tls', not both")
+            object.__setattr__(self, "security", self.tls)
+        if self.security is not None and not (self.address or "tls://").startswith("tls://"):
             raise ValueError(
-                f"'address' must start with tls:// when 'tls' is set, got {self.address!r}"
+                f"'address' must start with tls:// when '{self.security_key}' is set, "
+                f"got {self.address!r}"
             )
+
+    @property
+    def security_key(self) -> str:
+        """The key ``security`` was read from: ``'security'``, or ``'tls'`` (its former name)."""
+        return "security" if self.tls is None else "tls"
 
 
 class _SplitCores:
@@ -348,7 +411,13 @@ class JobQueueOptions(_SplitCores):
     local_directory : str, optional
         Workers' scratch folder, e.g. ``$TMPDIR``.
     scheduler_options : dict
-        Passed to the scheduler, e.g. ``{port: 8786, dashboard_address: ':8787'}``.
+        Passed to the scheduler, which runs here (the login or submit node), e.g.
+        ``{port: 8786}``. ``dashboard_address`` defaults to :data:`DASHBOARD_ADDRESS`, this
+        machine's loopback (``':8787'`` would serve it to the whole network); the comm port
+        stays on ``interface``, where the workers reach it.
+    security : SecurityOptions, optional
+        TLS between the scheduler, the workers and this client (``tls://`` addresses). The
+        workers read the same files on the compute nodes: keep them on a shared file system.
     wait_for_workers : int, optional
         Workers to wait for before the run is planned (default: all, ``jobs × processes``).
     timeout : float, optional
@@ -369,12 +438,30 @@ class JobQueueOptions(_SplitCores):
     env: dict[str, str] = field(default_factory=_default_env, metadata=_check(_env))
     interface: str | None = field(default=None, metadata=_check(_optional_text))
     local_directory: str | None = field(default=None, metadata=_check(_optional_text))
-    scheduler_options: dict = field(default_factory=dict, metadata=_check(_options_mapping))
+    scheduler_options: dict = field(
+        default_factory=_default_scheduler_options, metadata=_check(_scheduler_options)
+    )
+    security: SecurityOptions | None = field(
+        default=None, metadata=_check(_section(SecurityOptions))
+    )
     wait_for_workers: int | None = field(default=None, metadata=_check(_count))
     timeout: float | None = field(default=None, metadata=_check(_seconds))
 
-    def cluster_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of dask-jobqueue's cluster class."""
+    def cluster_kwargs(self, source: str = "<dict>") -> dict[str, Any]:
+        """Keyword arguments of dask-jobqueue's cluster class.
+
+        Parameters
+        ----------
+        source : str
+            The configuration file, named by the errors of :func:`make_security`.
+
+        Returns
+        -------
+        dict
+            With ``security`` (a ``distributed.security.Security``) when the options have a
+            ``security`` section; dask-jobqueue then uses ``tls://`` and gives the workers the
+            same files (``--tls-ca-file``, ``--tls-cert``, ``--tls-key``).
+        """
         exports = [f"export {name}={shlex.quote(value)}" for name, value in self.env.items()]
         kwargs = {
             "cores": self.cores,
@@ -388,6 +475,7 @@ class JobQueueOptions(_SplitCores):
             "interface": self.interface,
             "local_directory": self.local_directory,
             "scheduler_options": dict(self.scheduler_options),
+            "security": make_security(self.security, source),
         }
         return {name: value for name, value in kwargs.items() if value is not None}
 
@@ -419,9 +507,9 @@ class PBSOptions(JobQueueOptions):
 
     resource_spec: str | None = field(default=None, metadata=_check(_optional_text))
 
-    def cluster_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of dask-jobqueue's PBSCluster."""
-        kwargs = super().cluster_kwargs()
+    def cluster_kwargs(self, source: str = "<dict>") -> dict[str, Any]:
+        """Keyword arguments of dask-jobqueue's PBSCluster (see ``JobQueueOptions``)."""
+        kwargs = super().cluster_kwargs(source)
         if self.resource_spec is not None:
             kwargs["resource_spec"] = self.resource_spec
         return kwargs
@@ -473,7 +561,19 @@ class KubernetesOptions(_SplitCores):
         Workers to wait for before the run is planned (default: all, ``pods × processes``).
     timeout : float, optional
         Seconds to wait for them (default: no limit).
+
+    Notes
+    -----
+    No ``security`` section: the operator's ``KubeCluster`` reaches its scheduler at a
+    ``tcp://`` address it builds itself and takes no ``security=``. Nor a dashboard setting: the
+    operator retires workers through the scheduler's HTTP API on the scheduler's Service, so the
+    dashboard stays on the pod's address, behind a ClusterIP Service (``kubectl port-forward``).
     """
+
+    refused_keys: ClassVar[dict[str, str]] = {
+        "security": "the dask-kubernetes operator connects to its scheduler over tcp:// only "
+        "(its KubeCluster takes no security=); encrypt the pod network instead"
+    }
 
     image: str = field(metadata=_check(_text))
     name: str = field(default="bignmf", metadata=_check(_text))
@@ -510,7 +610,12 @@ class SSHOptions:
     remote_python : str, optional
         Python on the hosts (default: this one's path).
     scheduler_options : dict
-        Passed to the scheduler, e.g. ``{port: 8786, dashboard_address: ':8787'}``.
+        Passed to the scheduler on the first host, e.g. ``{port: 8786}``.
+        ``dashboard_address`` defaults to :data:`DASHBOARD_ADDRESS`, that host's loopback; the
+        comm port stays where the workers reach it.
+    security : SecurityOptions, optional
+        TLS between the scheduler, the workers and this client (``tls://`` addresses); every
+        host reads the same files at the same paths.
     worker_options : dict
         More keyword arguments of the workers' Nanny, e.g. ``{local_directory: /scratch}``.
     env : dict
@@ -529,7 +634,12 @@ class SSHOptions:
     memory_limit: str | int | float | None = field(default="auto", metadata=_check(_memory_limit))
     connect_options: dict = field(default_factory=dict, metadata=_check(_options_mapping))
     remote_python: str | None = field(default=None, metadata=_check(_optional_text))
-    scheduler_options: dict = field(default_factory=dict, metadata=_check(_options_mapping))
+    scheduler_options: dict = field(
+        default_factory=_default_scheduler_options, metadata=_check(_scheduler_options)
+    )
+    security: SecurityOptions | None = field(
+        default=None, metadata=_check(_section(SecurityOptions))
+    )
     worker_options: dict = field(default_factory=dict, metadata=_check(_options_mapping))
     env: dict[str, str] = field(default_factory=_default_env, metadata=_check(_env))
     wait_for_workers: int | None = field(default=None, metadata=_check(_count))
@@ -568,7 +678,12 @@ def _read_options(cls: type, data: Any, where: _Where, what: str | None = None) 
     keys = [f for f in dataclasses.fields(cls) if "check" in f.metadata]
     names = [f.name for f in keys]
     valid = "valid keys: " + ", ".join(sorted(names if where.prefix else ["kind", *names]))
+    refused = getattr(cls, "refused_keys", {})
     for name in data:
+        if name in refused:
+            raise ClusterConfigError(
+                f"{where.source}: {what} takes no '{where.key(name)}': {refused[name]}"
+            )
         if name not in names:
             close = difflib.get_close_matches(str(name), names, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -621,7 +736,9 @@ def load_config(config: str | os.PathLike | Mapping | ClusterConfig) -> ClusterC
 
     Notes
     -----
-    Relative paths in a file (``scheduler_file``, ``tls``) are taken from the file's folder.
+    Relative paths in a file (``scheduler_file``, ``security``) are taken from the file's
+    folder. The files of ``security`` are checked when the cluster starts
+    (:func:`make_security`), so that a file naming them can be read anywhere.
     """
     if isinstance(config, ClusterConfig):
         return config
@@ -676,17 +793,108 @@ def _wait(client: Any, n: int, timeout: float | None) -> None:
         client.wait_for_workers(n, timeout=timeout)
 
 
+def _readable(path: Path, key: str, source: str) -> str:
+    """``path`` as a string once it opens for reading; else a one-line error naming ``key``."""
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ClusterConfigError(
+            f"{source}: '{key}' must be a readable file, got '{path}' ({reason})"
+        ) from None
+    return str(path)
+
+
+def _check_loads(security: Any, key: str, source: str) -> None:
+    """Load the CA, certificate and key once: a bad file fails here, not when connecting."""
+    import ssl
+
+    try:
+        security.get_connection_args("client")
+    except ssl.SSLError as err:
+        raise ClusterConfigError(
+            f"{source}: '{key}': ca_file, cert and key must be PEM files of a certificate "
+            f"authority, a certificate and its private key ({err})"
+        ) from None
+
+
+def make_security(
+    section: SecurityOptions | None, source: str = "<dict>", key: str = "security"
+) -> Any:
+    """The ``distributed.security.Security`` of a ``security`` section, its files checked.
+
+    Every kind that takes TLS builds its ``Security`` here.
+
+    Parameters
+    ----------
+    section : SecurityOptions or None
+        The section (``options.security``).
+    source : str
+        The configuration file, named by the errors.
+    key : str
+        The section's key, named by the errors (``'tls'`` in a file using the former name).
+
+    Returns
+    -------
+    Security or None
+        The CA, one certificate and key for every role (scheduler, worker, client) and
+        ``require_encryption``; ``None`` without a section.
+
+    Raises
+    ------
+    ClusterConfigError
+        A file does not exist or cannot be read (naming the key and the file), or the files
+        do not load as a CA, a certificate and its key.
+    """
+    if section is None:
+        return None
+    from distributed.security import Security
+
+    ca_file, cert, private_key = (
+        _readable(getattr(section, name), f"{key}.{name}", source)
+        for name in ("ca_file", "cert", "key")
+    )
+    roles = {
+        f"tls_{role}_{part}": path
+        for role in ("client", "scheduler", "worker")
+        for part, path in (("cert", cert), ("key", private_key))
+    }
+    security = Security(tls_ca_file=ca_file, require_encryption=section.require_encryption, **roles)
+    _check_loads(security, key, source)
+    return security
+
+
+def _security_config(security: Any) -> dict[str, Any]:
+    """Dask configuration giving ``security`` to processes that inherit it (``kind: ssh``)."""
+    if security is None:
+        return {}
+    config = {
+        "distributed.comm.require-encryption": security.require_encryption,
+        "distributed.comm.tls.ca-file": security.tls_ca_file,
+    }
+    for role in ("client", "scheduler", "worker"):
+        tls = security.get_tls_config_for_role(role)
+        config[f"distributed.comm.tls.{role}.cert"] = tls["cert"]
+        config[f"distributed.comm.tls.{role}.key"] = tls["key"]
+    return config
+
+
 @contextlib.contextmanager
-def _start_local(options: LocalOptions) -> Iterator[Any]:
+def _start_local(config: ClusterConfig) -> Iterator[Any]:
     import dask
     from distributed import Client, LocalCluster
 
+    options = config.options
+    security = make_security(options.security, config.source)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": options.env}):
         cluster = LocalCluster(
             n_workers=options.workers or os.cpu_count() or 1,
             threads_per_worker=options.threads,
             processes=True,
             host="127.0.0.1",
+            protocol=None if security is None else "tls://",
+            security=security,
             dashboard_address=options.dashboard_address,
             memory_limit=options.memory_limit,
         )
@@ -696,23 +904,11 @@ def _start_local(options: LocalOptions) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def _start_address(options: AddressOptions) -> Iterator[Any]:
+def _start_address(config: ClusterConfig) -> Iterator[Any]:
     from distributed import Client
 
-    security = None
-    if options.tls is not None:
-        from distributed.security import Security
-
-        tls = options.tls
-        for name, path in (("ca_file", tls.ca_file), ("cert", tls.cert), ("key", tls.key)):
-            if not path.is_file():
-                raise FileNotFoundError(f"tls.{name}: {path} not found")
-        security = Security(
-            tls_ca_file=str(tls.ca_file),
-            tls_client_cert=str(tls.cert),
-            tls_client_key=str(tls.key),
-            require_encryption=True,
-        )
+    options = config.options
+    security = make_security(options.security, config.source, options.security_key)
     scheduler_file = None if options.scheduler_file is None else str(options.scheduler_file)
     with Client(
         options.address, scheduler_file=scheduler_file, security=security, timeout=options.timeout
@@ -723,8 +919,9 @@ def _start_address(options: AddressOptions) -> Iterator[Any]:
 
 def _jobqueue_cluster(config: ClusterConfig) -> Any:
     """The dask-jobqueue cluster of a slurm or pbs configuration, with no job submitted."""
+    kwargs = config.options.cluster_kwargs(config.source)  # the security files checked first
     jobqueue = _launcher(config.kind)
-    return getattr(jobqueue, config.options.cluster_class)(**config.options.cluster_kwargs())
+    return getattr(jobqueue, config.options.cluster_class)(**kwargs)
 
 
 @contextlib.contextmanager
@@ -758,22 +955,30 @@ def _start_ssh(config: ClusterConfig) -> Iterator[Any]:
     import dask
     from distributed import Client, SSHCluster
 
-    _launcher(config.kind)
     options = config.options
+    security = make_security(options.security, config.source)
+    _launcher(config.kind)
     worker_options = {
         **options.worker_options,
         "n_workers": options.workers_per_host,
         "nthreads": options.threads,
         "memory_limit": options.memory_limit,
     }
-    # The remote processes inherit this process's Dask configuration.
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": options.env}):
+    scheduler_options = dict(options.scheduler_options)
+    if security is not None:
+        # The workers (and their nannies) take the protocol from the scheduler's address.
+        scheduler_options.setdefault("protocol", "tls")
+    # The remote processes inherit this process's Dask configuration: the workers'
+    # environment, and the TLS files (a Security object does not travel in their options).
+    inherited = {"distributed.nanny.pre-spawn-environ": options.env, **_security_config(security)}
+    with dask.config.set(inherited):
         cluster = SSHCluster(
             hosts=list(options.hosts),
             connect_options=dict(options.connect_options),
             worker_options=worker_options,
-            scheduler_options=dict(options.scheduler_options),
+            scheduler_options=scheduler_options,
             remote_python=options.remote_python,
+            security=security,
         )
     with cluster, Client(cluster) as client:
         # A worker reports that it started before the scheduler has registered it.
@@ -810,8 +1015,8 @@ class Kind:
 
 
 KINDS: dict[str, Kind] = {
-    "local": Kind(LocalOptions, lambda config: _start_local(config.options)),
-    "address": Kind(AddressOptions, lambda config: _start_address(config.options)),
+    "local": Kind(LocalOptions, _start_local),
+    "address": Kind(AddressOptions, _start_address),
     "slurm": Kind(SlurmOptions, _start_jobqueue, "dask_jobqueue", "dask-jobqueue", "slurm"),
     "pbs": Kind(PBSOptions, _start_jobqueue, "dask_jobqueue", "dask-jobqueue", "pbs"),
     "kubernetes": Kind(
@@ -845,7 +1050,9 @@ def connect(config: str | os.PathLike | Mapping | ClusterConfig) -> Any:
     Raises
     ------
     ClusterConfigError
-        The configuration is malformed (raised at once, before anything starts).
+        The configuration is malformed (raised at once, before anything starts), or a file
+        of its ``security`` section cannot be read or loaded (raised on entering, before
+        anything starts).
     MissingLauncherError
         The kind's launcher is not installed; the message names bignmf's extra.
 
@@ -959,14 +1166,16 @@ def scheduler_for(
         options = LocalOptions(
             workers=n_workers, threads=threads_per_worker, memory_limit=memory_limit
         )
-        with _start_local(options) as client:
+        with _start_local(ClusterConfig("local", options)) as client:
             yield client
         return
-    with _start_address(AddressOptions(address=spec, wait_for_workers=0)) as client:
+    address = AddressOptions(address=spec, wait_for_workers=0)
+    with _start_address(ClusterConfig("address", address)) as client:
         yield client
 
 
 __all__ = [
+    "DASHBOARD_ADDRESS",
     "KINDS",
     "WORKER_ENV",
     "AddressOptions",
@@ -979,6 +1188,7 @@ __all__ = [
     "MissingLauncherError",
     "PBSOptions",
     "SSHOptions",
+    "SecurityOptions",
     "SlurmOptions",
     "TLSOptions",
     "VolumeOptions",
@@ -986,5 +1196,6 @@ __all__ = [
     "job_script",
     "kubernetes_spec",
     "load_config",
+    "make_security",
     "scheduler_for",
 ]

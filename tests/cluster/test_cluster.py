@@ -100,7 +100,7 @@ SLURM = {"kind": "slurm", "cores": 8, "memory": "32GiB"}
         ({"kind": ["local"]}, r"unknown kind \['local'\]; valid kinds: "),
         ({"kind": "local", "wokers": 2}, r"unknown key 'wokers' \(did you mean 'workers'\?\) in "
                                          r"kind 'local'; valid keys: dashboard_address, env, "
-                                         r"kind, memory_limit, threads, workers$"),
+                                         r"kind, memory_limit, security, threads, workers$"),
         ({"kind": "local", "workers": "2"}, r"'workers' must be a positive integer, got '2'"),
         ({"kind": "local", "threads": 0}, r"'threads' must be a positive integer, got 0"),
         ({"kind": "local", "memory_limit": "lots"}, r"'memory_limit' must be 'auto', a size"),
@@ -118,7 +118,8 @@ SLURM = {"kind": "slurm", "cores": 8, "memory": "32GiB"}
         ({"kind": "address", "address": "tcp://h:8786", "tls": {"ca_file": "a", "cert": "b",
           "key": "c"}}, r"'address' must start with tls:// when 'tls' is set"),
         ({"kind": "address", "address": "tls://h:8786", "tls": {"ca_file": "a", "cert": "b"}},
-         r"missing key 'tls.key' in 'tls'; valid keys: ca_file, cert, key$"),
+         r"missing key 'tls.key' in 'tls'; valid keys: ca_file, cert, key, "
+         r"require_encryption$"),
         ({"kind": "address", "address": "tls://h:8786", "tls": {"ca": "a"}},
          r"unknown key 'tls.ca' \(did you mean 'tls.ca_file'\?\)|unknown key 'tls.ca'"),
         ({"kind": "address", "address": "tls://h:8786", "tls": "ca.pem"},
@@ -458,7 +459,8 @@ def test_missing_certificate_is_named(tmp_path):
     config = {"kind": "address", "address": "tls://127.0.0.1:1",
               "tls": {"ca_file": "ca.pem", "cert": "c.pem", "key": "k.pem"}}  # fmt: skip
     cluster = connect(write_yaml(tmp_path / "a.yaml", config))
-    with pytest.raises(FileNotFoundError, match=r"tls.ca_file: .*ca.pem not found"), cluster:
+    message = r"'tls.ca_file' must be a readable file, got '.*ca.pem' \(No such file or direc"
+    with pytest.raises(ClusterConfigError, match=message), cluster:
         pytest.fail("connected without certificates")
 
 
