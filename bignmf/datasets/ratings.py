@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -149,14 +149,18 @@ def _check_values(spec: RatingsSpec) -> dict[str, Any]:
     if not isinstance(spec.integer, bool | np.bool_):
         raise ParameterError(f"integer must be a bool, got {spec.integer!r}")
     integer = bool(spec.integer)
+    scale = _check_scale(spec.rating_scale, integer)
+    return {"integer": integer, "rating_scale": scale, "dtype": _check_dtype(spec.dtype)}
+
+
+def _check_dtype(value: Any) -> np.dtype:
     try:
-        dtype = np.dtype(spec.dtype)
+        dtype = np.dtype(value)
     except (TypeError, ValueError):
         dtype = np.dtype(object)  # rejected below with the user's value in the message
     if dtype.char not in _VALUE_DTYPES:
-        raise ParameterError(f"dtype must be float32 or float64, got {spec.dtype!r}")
-    scale = _check_scale(spec.rating_scale, integer)
-    return {"integer": integer, "rating_scale": scale, "dtype": dtype}
+        raise ParameterError(f"dtype must be float32 or float64, got {value!r}")
+    return dtype
 
 
 @dataclass(frozen=True)
@@ -338,14 +342,13 @@ def is_held_out(
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, eq=False)
-class _Model:
-    """The spec and what its seed draws once: the items' popularity and aspect ratings."""
+class _BlockScheme:
+    """The row blocks of a generator whose ``spec`` has ``n_users``, ``n_items``, ``seed`` and
+    ``dtype``: their sizes, their random streams, and ``block(b)`` (a :class:`_Block`), which
+    the writers below stream. Shared with :mod:`bignmf.datasets.implicit`."""
 
-    spec: RatingsSpec
-    item_order: np.ndarray  # item_order[r] is the item of popularity rank r + 1
-    popularity: np.ndarray  # (n_items,) probability of each item under the power law
-    item_aspects: np.ndarray  # (n_items, k): H transposed, so that gathering items is one copy
+    spec: Any
+    kind: ClassVar[str] = "ratings"  # what the held-out file's header calls the data
 
     @property
     def n_blocks(self) -> int:
@@ -357,6 +360,22 @@ class _Model:
     def block_rng(self, b: int) -> np.random.Generator:
         seq = np.random.SeedSequence(self.spec.seed, spawn_key=(_BLOCK_KEY, b))
         return np.random.default_rng(seq)
+
+    def block(self, b: int) -> _Block:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, eq=False)
+class _Model(_BlockScheme):
+    """The spec and what its seed draws once: the items' popularity and aspect ratings."""
+
+    spec: RatingsSpec
+    item_order: np.ndarray  # item_order[r] is the item of popularity rank r + 1
+    popularity: np.ndarray  # (n_items,) probability of each item under the power law
+    item_aspects: np.ndarray  # (n_items, k): H transposed, so that gathering items is one copy
+
+    def block(self, b: int) -> _Block:
+        return _generate_block(self, b)
 
 
 def _build_model(spec: RatingsSpec) -> _Model:
@@ -379,9 +398,16 @@ def _draw_w(rng: np.random.Generator, n: int, spec: RatingsSpec) -> np.ndarray:
 
 def _draw_activity(rng: np.random.Generator, n: int, spec: RatingsSpec) -> np.ndarray:
     """Items each user rates: ``1 + Poisson(lam)``, log-normal ``lam`` of mean rpu - 1."""
-    sigma = spec.activity_sigma
-    lam = (spec.ratings_per_user - 1.0) * rng.lognormal(-(sigma**2) / 2, sigma, size=n)
-    return np.minimum(1 + rng.poisson(lam), spec.n_items)
+    return _draw_activity_of(rng, n, spec.ratings_per_user, spec.activity_sigma, spec.n_items)
+
+
+def _draw_activity_of(
+    rng: np.random.Generator, n: int, per_user: float, sigma: float, n_items: int
+) -> np.ndarray:
+    """Items each of ``n`` users has: ``1 + Poisson(lam)``, log-normal ``lam`` of mean
+    ``per_user - 1`` and log standard deviation ``sigma``, capped at ``n_items``."""
+    lam = (per_user - 1.0) * rng.lognormal(-(sigma**2) / 2, sigma, size=n)
+    return np.minimum(1 + rng.poisson(lam), n_items)
 
 
 def _sorted_union(keys: np.ndarray, new: np.ndarray) -> np.ndarray:
@@ -393,46 +419,69 @@ def _sorted_union(keys: np.ndarray, new: np.ndarray) -> np.ndarray:
 
 
 def _fill_by_gumbel(
-    rng: np.random.Generator, keys: np.ndarray, deficit: np.ndarray, model: _Model
+    rng: np.random.Generator,
+    keys: np.ndarray,
+    deficit: np.ndarray,
+    n: int,
+    log_mass: Callable[[int], np.ndarray],
 ) -> np.ndarray:
     """Complete the rows still short after the rejection rounds, one row at a time.
 
-    Gumbel-top-k over the items a row lacks draws them by popularity without replacement, as
-    the rounds do, at a cost of ``O(n_items)`` per row: only for the rare rows that need it.
+    Gumbel-top-k over the items a row lacks draws them by the row's law (``log_mass(row)``, the
+    log-probabilities of the ``n`` items) without replacement, as the rounds do, at a cost of
+    ``O(n_items)`` per row: only for the rare rows that need it.
     """
-    n = model.spec.n_items
-    with np.errstate(divide="ignore"):  # items of zero mass (huge exponents) come last
-        log_pop = np.log(model.popularity)
     extra = []
     for row in np.flatnonzero(deficit):
         lo, hi = np.searchsorted(keys, [row * n, (row + 1) * n])  # keys are sorted
         lacking = np.ones(n, dtype=bool)
         lacking[keys[lo:hi] - row * n] = False
         candidates = np.flatnonzero(lacking)
-        scores = log_pop[candidates] + rng.gumbel(size=candidates.size)
+        scores = log_mass(row)[candidates] + rng.gumbel(size=candidates.size)
         take = np.argpartition(-scores, deficit[row] - 1)[: deficit[row]]
         extra.append(row * n + candidates[take])
     return _sorted_union(keys, np.concatenate(extra))
 
 
 def _draw_items(rng: np.random.Generator, counts: np.ndarray, model: _Model) -> np.ndarray:
-    """The rated ``(row, item)`` pairs of a block as sorted keys ``row * n_items + item``.
+    """The rated ``(row, item)`` pairs of a block as sorted keys ``row * n_items + item``: items
+    drawn by popularity, without replacement (see :func:`_draw_distinct`)."""
+    spec = model.spec
 
-    Each round draws, for every row, as many items by popularity as it still lacks and keeps the
-    new ones: the first ``counts[row]`` distinct items of an i.i.d. sequence, that is, sampling
-    without replacement, in ``O(nnz)`` per round and never more than ``counts[row]`` items.
+    def by_popularity(rng: np.random.Generator, rows: np.ndarray) -> np.ndarray:
+        ranks = power_law_ranks(rng.random(rows.size), spec.n_items, spec.popularity_exponent)
+        return model.item_order[ranks]
+
+    with np.errstate(divide="ignore"):  # items of zero mass (huge exponents) come last
+        log_pop = np.log(model.popularity)
+    return _draw_distinct(rng, counts, spec.n_items, by_popularity, lambda row: log_pop)
+
+
+def _draw_distinct(
+    rng: np.random.Generator,
+    counts: np.ndarray,
+    n: int,
+    draw: Callable[[np.random.Generator, np.ndarray], np.ndarray],
+    log_mass: Callable[[int], np.ndarray],
+) -> np.ndarray:
+    """``counts[row]`` distinct items out of ``n`` for each row, as sorted keys ``row * n + item``.
+
+    ``draw(rng, rows)`` draws one item for each entry of ``rows`` from that row's law;
+    ``log_mass(row)`` gives the same law as the log-probabilities of the ``n`` items. Each round
+    draws, for every row, as many items as it still lacks and keeps the new ones: the first
+    ``counts[row]`` distinct items of an i.i.d. sequence, that is, sampling without replacement,
+    in ``O(nnz)`` per round and never more than ``counts[row]`` items. Rows still short after
+    the rounds are completed by Gumbel-top-k (:func:`_fill_by_gumbel`).
     """
-    n = model.spec.n_items
     keys = np.empty(0, dtype=np.int64)
     deficit = counts
     for _ in range(_MAX_ROUNDS):
         if not deficit.any():
             return keys
         rows = np.repeat(np.arange(counts.size, dtype=np.int64), deficit)
-        ranks = power_law_ranks(rng.random(rows.size), n, model.spec.popularity_exponent)
-        keys = _sorted_union(keys, rows * n + model.item_order[ranks])
+        keys = _sorted_union(keys, rows * n + draw(rng, rows))
         deficit = counts - np.bincount(keys // n, minlength=counts.size)
-    return _fill_by_gumbel(rng, keys, deficit, model) if deficit.any() else keys
+    return _fill_by_gumbel(rng, keys, deficit, n, log_mass) if deficit.any() else keys
 
 
 def _rating_values(
@@ -488,14 +537,16 @@ def _test_triples(block: _Block) -> RatingTriples:
     return RatingTriples(block.rows[test] + block.start, block.cols[test], block.values[test])
 
 
-def _iter_train(model: _Model) -> Iterator[sp.csr_matrix]:
+def _iter_train(model: _BlockScheme) -> Iterator[sp.csr_matrix]:
+    """The training entries of each generation block, as CSR slabs."""
     for b in range(model.n_blocks):
-        yield _train_csr(_generate_block(model, b), model.spec.n_items)
+        yield _train_csr(model.block(b), model.spec.n_items)
 
 
-def _iter_test(model: _Model) -> Iterator[RatingTriples]:
+def _iter_test(model: _BlockScheme) -> Iterator[RatingTriples]:
+    """The held-out entries of each generation block, as triples of global coordinates."""
     for b in range(model.n_blocks):
-        yield _test_triples(_generate_block(model, b))
+        yield _test_triples(model.block(b))
 
 
 def _w_block(model: _Model, b: int) -> np.ndarray:
@@ -530,7 +581,7 @@ def _value_format(dtype: np.dtype) -> str:
     return "%.9g" if dtype == np.float32 else "%.17g"
 
 
-def _write_mtx_body(model: _Model, fh: Any) -> int:
+def _write_mtx_body(model: _BlockScheme, fh: Any) -> int:
     """Write the held-out entries as 1-based ``row col value`` lines; return their number."""
     fmt = f"%d %d {_value_format(model.spec.dtype)}"
     n = 0
@@ -542,10 +593,11 @@ def _write_mtx_body(model: _Model, fh: Any) -> int:
     return n
 
 
-def _mtx_header(spec: RatingsSpec, nnz: int) -> str:
+def _mtx_header(model: _BlockScheme, nnz: int) -> str:
+    spec = model.spec
     return (
         "%%MatrixMarket matrix coordinate real general\n"
-        f"% bignmf planted ratings, held out: {spec}\n"
+        f"% bignmf planted {model.kind}, held out: {spec}\n"
         f"{spec.n_users} {spec.n_items} {nnz}\n"
     )
 
@@ -660,10 +712,14 @@ def write_held_out_mtx(
     file first, then follow the header into a second one renamed into place, so a failed write
     leaves nothing behind. Memory: one generation block; disk: twice the file, briefly.
     """
+    return _write_held_out(_build_model(spec), path, overwrite=overwrite)
+
+
+def _write_held_out(model: _BlockScheme, path: str | os.PathLike, *, overwrite: bool) -> int:
+    """:func:`write_held_out_mtx` for the blocks of ``model``, any generator's."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise StoreExistsError(path)
-    model = _build_model(spec)
     stem = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
     body, whole = stem.with_suffix(".body"), stem.with_suffix(".tmp")
     try:
@@ -671,13 +727,39 @@ def write_held_out_mtx(
             nnz = _write_mtx_body(model, fh)
             fh.seek(0)
             with open(whole, "wb") as out:
-                out.write(_mtx_header(spec, nnz).encode())
+                out.write(_mtx_header(model, nnz).encode())
                 shutil.copyfileobj(fh, out)
         os.replace(whole, path)
     finally:
         body.unlink(missing_ok=True)
         whole.unlink(missing_ok=True)
     return nnz
+
+
+def _write_outputs(
+    model: _BlockScheme,
+    source: Source,
+    path: str | os.PathLike,
+    test_path: str | os.PathLike | None,
+    overwrite: bool,
+    options: dict[str, Any],
+) -> tuple[CSRStore, Path, Path, int]:
+    """Write ``source`` as the training store at ``path`` and ``model``'s held-out entries to
+    ``test_path`` (default ``path`` + ``".test.mtx"``), refusing before writing anything if
+    either exists and ``overwrite`` is false; ``options`` left at None take
+    :func:`~bignmf.store.csr.write_matrix`'s defaults. Returns the opened store, both paths and
+    the number of held-out entries."""
+    from bignmf.store.csr import write_matrix
+
+    path = Path(path)
+    test_path = Path(f"{path}.test.mtx") if test_path is None else Path(test_path)
+    for target in (path, test_path):
+        if target.exists() and not overwrite:
+            raise StoreExistsError(target)
+    options = {key: value for key, value in options.items() if value is not None}
+    store = write_matrix(source, path, overwrite=overwrite, **options)
+    n_test = _write_held_out(model, test_path, overwrite=overwrite)
+    return store, path, test_path, n_test
 
 
 def make_ratings(
@@ -730,14 +812,7 @@ def make_ratings(
     Generates the data twice, once per output; memory stays at one generation block plus the
     model and the writer's row block.
     """
-    from bignmf.store.csr import write_matrix
-
     spec = RatingsSpec(n_users, n_items, n_components, **params)
-    path = Path(path)
-    test_path = Path(f"{path}.test.mtx") if test_path is None else Path(test_path)
-    for target in (path, test_path):
-        if target.exists() and not overwrite:
-            raise StoreExistsError(target)
     options = {
         "chunk_size": chunk_size,
         "block_nnz": block_nnz,
@@ -745,9 +820,9 @@ def make_ratings(
         "codec": codec,
         "progress": progress,
     }
-    options = {key: value for key, value in options.items() if value is not None}
-    store = write_matrix(ratings_source(spec), path, overwrite=overwrite, **options)
-    n_test = write_held_out_mtx(spec, test_path, overwrite=overwrite)
+    store, path, test_path, n_test = _write_outputs(
+        _build_model(spec), ratings_source(spec), path, test_path, overwrite, options
+    )
     return RatingsDataset(
         spec=spec,
         store=store,
