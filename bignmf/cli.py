@@ -1035,13 +1035,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog = "bignmf" if args is None else f"bignmf {args.command}"
         print(f"{prog}: error: {_user_error(err, args)}", file=sys.stderr)
         return 2
-    except Exception as err:  # the machine's faults get a line; anything else is a bug
-        return _fault(err, args)
     except BrokenPipeError:
         # the reader went away (`bignmf top-features RUN | head`): end quietly; stdout is
         # pointed at devnull so that flushing it at exit raises nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Exception as err:  # the machine's faults get a line; anything else is a bug
+        return _fault(err, args)
 
 
 if __name__ == "__main__":

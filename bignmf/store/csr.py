@@ -20,10 +20,34 @@ attribute: their row blocks are planned from ``indptr`` when opened.
 
 Writes go to a hidden sibling directory that is renamed into place once complete, so a failed or
 killed conversion never leaves a half-written store nor touches an existing one.
+
+Validation
+----------
+A store is a directory anyone can edit, and SciPy's compiled kernels trust ``indptr`` and
+``indices``: a column index past ``n`` writes outside their buffers (a segfault, or workers
+dying and the fit hanging). So nothing the attributes say is taken on trust where a lie would
+reach a kernel, and each is checked where it costs least:
+
+* on opening (:func:`_layout`): the attributes against each other and against the arrays' own
+  metadata — shape against ``indptr``'s length, ``data``'s against ``indices``', dtypes, the
+  block table increasing from 0 to ``m`` rows and ``nnz`` entries, ``indptr``'s first and last
+  entries (two elements read), bounds the stored norm and sum must meet;
+* in :meth:`CSRStore.fingerprint`, which reads all of ``indptr`` anyway and which a fit takes
+  before it computes: ``indptr`` never decreases and meets the block table at every block;
+* in :meth:`CSRStore.read_block`, the one place a row block is decoded, for every block on any
+  worker (:func:`bignmf.store.validate.check_stored_block`): its ``indptr`` against the block
+  table, its column indices within ``[0, n)`` and its values finite and non-negative, a few
+  percent of the read.
+
+The stored ``frobenius_sq`` and ``sum`` cannot be checked without a pass over ``data``; opening
+rejects values no non-negative matrix of ``nnz`` entries can have, which catches some lies and
+not all. Making the rest harmless is the fit's part: it should measure ‖A‖² and ΣA in its first
+pass over A, which reads every block anyway, and refuse a store whose attributes differ.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import uuid
@@ -41,7 +65,13 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from bignmf.errors import InputError, StoreExistsError, StoreFormatError
 from bignmf.store.raw import DirectChunkReader
-from bignmf.store.validate import canonical_block, index_dtype, value_dtype
+from bignmf.store.validate import (
+    canonical_block,
+    check_stored_block,
+    index_dtype,
+    value_dtype,
+    values_ok,
+)
 from bignmf.types import Source
 
 FORMAT_VERSION = 1
@@ -473,6 +503,11 @@ class CSRStore:
     nnz_offsets = property(lambda self: self.layout.nnz_offsets)
 
     @property
+    def where(self) -> str:
+        """The store's path, with the matrix's key inside it: what messages name."""
+        return f"{self.path}/{self.key}" if self.key else self.path
+
+    @property
     def n_blocks(self) -> int:
         """Number of row blocks."""
         return len(self.layout.row_offsets) - 1
@@ -520,6 +555,10 @@ class CSRStore:
         reader = readers[which]
         if reader is None:
             return _read_into(self.arrays[which], start, stop, out)
+        if out is not None and out.dtype != reader.dtype:
+            # the reader decodes bytes straight into ``out``: an AnnData store's int32 indptr
+            # in the int64 buffer would be garbage, so it gets its own (small) array
+            out = None
         return reader.read(start, stop, out)
 
     @property
@@ -538,20 +577,39 @@ class CSRStore:
         if lay.frobenius_sq is None or lay.value_sum is None:
             sq = total = 0.0
             for start, stop in _chunk_ranges(self.nnz, 4 * lay.chunk_size):
-                part_sq, part_sum = _data_stats(self.arrays[0][start:stop])
+                part = self._decode(0, start, stop, None)
+                if not values_ok(part):  # no norm of negative values: read_block says where
+                    self._check_values_from(start)
+                part_sq, part_sum = _data_stats(part)
                 sq, total = sq + part_sq, total + part_sum
             object.__setattr__(lay, "frobenius_sq", sq)
             object.__setattr__(lay, "value_sum", total)
         return lay.frobenius_sq, lay.value_sum
 
+    def _check_values_from(self, start: int) -> None:
+        """Read the blocks from the one holding entry ``start`` until one fails its check."""
+        first = int(np.searchsorted(self.nnz_offsets, start, side="right")) - 1
+        for i in range(max(first, 0), self.n_blocks):
+            self.read_block(i)  # raises, naming the row, column and value
+
     def fingerprint(self) -> dict:
-        """Identity of the matrix (see :func:`fingerprint`), to match checkpoints to it."""
+        """Identity of the matrix (see :func:`fingerprint`), to match checkpoints to it.
+
+        It reads all of ``indptr``, so it checks it on the way (:class:`_IndptrCheck`): a fit,
+        which takes the fingerprint before it computes, finds a corrupt indptr in the client.
+
+        Raises
+        ------
+        StoreFormatError
+            If indptr decreases or does not meet the block table at a block boundary.
+        """
+        check = _IndptrCheck(self)
         return fingerprint(
             self.shape,
             self.nnz,
             self.dtype,
-            lambda a, b: self._read(2, a, b, None),
-            lambda a, b: self._read(0, a, b, None),
+            check.read,
+            lambda a, b: self._decode(0, a, b, None),
         )
 
     # -- reading
@@ -576,21 +634,52 @@ class CSRStore:
         Returns
         -------
         scipy.sparse.csr_matrix
+
+        Raises
+        ------
+        StoreFormatError
+            If the block's ``indptr`` or column indices contradict the store's attributes, or a
+            chunk cannot be decoded: never is such a block handed to a kernel.
+        InputError
+            If the block holds a negative, NaN or infinite value.
         """
         if not 0 <= i < self.n_blocks:
             raise IndexError(f"row block {i} out of range [0, {self.n_blocks})")
         r0, r1 = self.block_rows(i)
         s, e = int(self.nnz_offsets[i]), int(self.nnz_offsets[i + 1])
-        indptr = self._read(2, r0, r1 + 1, buffers.indptr if buffers else None)
-        if indptr[0] != s or indptr[-1] != e:
-            raise StoreFormatError(
-                f"{self.path}: row block {i} (rows {r0}-{r1 - 1}): indptr runs {indptr[0]}-"
-                f"{indptr[-1]}, the store's block table says {s}-{e}; the store is corrupt"
-            )
-        data = self._read(0, s, e, buffers.data if buffers else None)
-        indices = self._read(1, s, e, buffers.indices if buffers else None)
+        indptr = self._decode(2, r0, r1 + 1, buffers.indptr if buffers else None, i)
+        data = self._decode(0, s, e, buffers.data if buffers else None, i)
+        indices = self._decode(1, s, e, buffers.indices if buffers else None, i)
+        # the one place a block is decoded, so the one check that keeps a lying store's blocks
+        # out of the kernels (SciPy's trust indptr and indices: a segfault, not an error)
+        check_stored_block(
+            indptr, indices, data, n_cols=self.shape[1], nnz_range=(s, e), store=self.where,
+            block_index=i, row0=r0,
+        )  # fmt: skip
         local = (indptr - s).astype(indices.dtype, copy=False)
         return _csr_view(data, indices, local, (r1 - r0, self.shape[1]))
+
+    def _decode(
+        self, which: int, start: int, stop: int, out: np.ndarray | None, block: int | None = None
+    ) -> np.ndarray:
+        """:meth:`_read`, with a chunk that fails to decode named as a damaged store.
+
+        ``block`` is the row block read, for the message; by default the one holding element
+        ``start`` (of the entries for data and indices, of the rows for indptr).
+        """
+        try:
+            return self._read(which, start, stop, out)
+        except (RuntimeError, ValueError) as err:  # numcodecs' and zarr's decoding errors
+            if block is None:
+                offsets = self.row_offsets if which == 2 else self.nnz_offsets
+                found = int(np.searchsorted(offsets, start, side="right")) - 1
+                block = min(max(found, 0), self.n_blocks - 1)
+            name = ("data", "indices", "indptr")[which]
+            r0, r1 = self.block_rows(block)
+            raise StoreFormatError(
+                f"{self.where}: {name} of row block {block} (rows {r0}-{r1 - 1}) cannot be "
+                f"read: {' '.join(str(err).split()) or type(err).__name__}; the store is corrupt"
+            ) from None
 
     def iter_blocks(self, reuse_buffers: bool = False) -> Iterator[sp.csr_matrix]:
         """Yield every row block in order (views on one set of buffers if ``reuse_buffers``)."""
@@ -666,6 +755,55 @@ class CSRStore:
             "compression_ratio": raw / disk if disk else float("nan"),
             "frobenius_norm": float(np.sqrt(self.frobenius_sq)),
         }
+
+
+class _IndptrCheck:
+    """Checks ``indptr`` as :func:`fingerprint` reads it, in consecutive windows from row 0.
+
+    Each window is checked not to decrease (from the previous window's last entry too) and to
+    equal the block table's nnz offsets at the row offsets inside it: all of ``indptr``, once,
+    at the cost of one comparison per entry on top of the read.
+    """
+
+    def __init__(self, store: CSRStore):
+        self.store = store
+        self.previous = 0  # indptr[-1] of the window before; the first must start at 0
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """``indptr[start:stop]``, checked."""
+        store = self.store
+        values = store._decode(2, start, stop, None)
+        ptr = values.astype(np.int64, copy=False)
+        # one comparison per entry, no temporary but its booleans: indptr is m + 1 long
+        if ptr.size and (ptr[0] < self.previous or bool((ptr[1:] < ptr[:-1]).any())):
+            steps = np.diff(ptr, prepend=self.previous)
+            r = start + int(np.flatnonzero(steps < 0)[0])
+            before = self.previous if r == start else int(ptr[r - start - 1])
+            self._fail(r, f"decreases at row {r}, from {before} to {int(ptr[r - start])}")
+        offsets = store.row_offsets
+        lo, hi = np.searchsorted(offsets, [start, stop])
+        at = ptr[offsets[lo:hi] - start]
+        wrong = np.flatnonzero(at != store.nnz_offsets[lo:hi])
+        if wrong.size:
+            b = int(lo + wrong[0])
+            self._fail(
+                int(offsets[b]),
+                f"is {int(at[wrong[0]])} at row {int(offsets[b])}, where the store's block "
+                f"table says row block {b} starts at entry {int(store.nnz_offsets[b])}",
+            )
+        if ptr.size:
+            self.previous = int(ptr[-1])
+        return values
+
+    def _fail(self, row: int, what: str) -> None:
+        store = self.store
+        block = min(int(np.searchsorted(store.row_offsets, row, side="right")) - 1,
+                    store.n_blocks - 1)  # fmt: skip
+        r0, r1 = store.block_rows(block)
+        raise StoreFormatError(
+            f"{store.where}: indptr of row block {block} (rows {r0}-{r1 - 1}): {what}; "
+            "the store is corrupt"
+        )
 
 
 class _DaskView:
@@ -756,15 +894,26 @@ def _resolve_key(path: str, key: str | None) -> str | None:
     return "X" if attrs.get("encoding-type") == "anndata" else None
 
 
-def _plan_foreign(indptr: zarr.Array, block_nnz: int) -> tuple[np.ndarray, np.ndarray]:
-    """Plan row blocks of a store written elsewhere from its indptr, one chunk at a time."""
+def _plan_foreign(indptr: zarr.Array, block_nnz: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Plan row blocks of a store written elsewhere from its indptr, one chunk at a time.
+
+    The plan reads all of indptr anyway, so it also checks that it never decreases: a plan made
+    from a decreasing indptr would have blocks of negative size.
+    """
     planner = RowBlockPlanner(block_nnz)
     rows, nnzs = [0], [0]
     step = max(indptr.chunks[0], 1 << 16)
     row, last = 0, int(indptr[0])
     for start, stop in _chunk_ranges(indptr.shape[0] - 1, step):
         ptr = indptr[start : stop + 1].astype(np.int64)
-        for _, stop_local, closes in planner.cuts(np.diff(ptr)):
+        row_nnz = np.diff(ptr)
+        if row_nnz.size and row_nnz.min() < 0:
+            r = start + int(np.flatnonzero(row_nnz < 0)[0]) + 1
+            raise StoreFormatError(
+                f"{where}: indptr decreases at row {r}, from {int(ptr[r - start - 1])} to "
+                f"{int(ptr[r - start])} (while planning its row blocks); the store is corrupt"
+            )
+        for _, stop_local, closes in planner.cuts(row_nnz):
             if closes:
                 row = start + stop_local
                 rows.append(row)
@@ -776,35 +925,163 @@ def _plan_foreign(indptr: zarr.Array, block_nnz: int) -> tuple[np.ndarray, np.nd
     return np.asarray(rows, dtype=np.int64), np.asarray(nnzs, dtype=np.int64)
 
 
+def _integer(value: Any) -> bool:
+    """Whether an attribute's value is an integer (JSON's ``600``, not ``600.5`` nor ``true``)."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def _arrays(group: zarr.Group, where: str) -> tuple[zarr.Array, zarr.Array, zarr.Array]:
+    """``(data, indices, indptr)``, each checked to be a 1-D array of a usable dtype."""
+    found = []
+    for name, kinds, wanted in (
+        ("data", "biuf", "real numbers"),
+        ("indices", "iu", "integers"),
+        ("indptr", "iu", "integers"),
+    ):
+        try:
+            array = group[name]
+        except KeyError:
+            raise StoreFormatError(f"{where}: csr_matrix group lacks the array {name!r}") from None
+        if not isinstance(array, zarr.Array) or array.ndim != 1:
+            what = "a group" if not isinstance(array, zarr.Array) else f"{array.ndim}-D"
+            raise StoreFormatError(f"{where}: {name} is {what}, not a 1-D array")
+        if np.dtype(array.dtype).kind not in kinds:
+            raise StoreFormatError(
+                f"{where}: {name} has dtype {array.dtype}; a csr_matrix's {name} are {wanted}"
+            )
+        found.append(array)
+    return found[0], found[1], found[2]
+
+
+def _shape(attrs: Any, where: str) -> tuple[int, int]:
+    shape = attrs.get("shape")
+    if (
+        not isinstance(shape, list | tuple)
+        or len(shape) != 2
+        or not all(_integer(x) and x >= 1 for x in shape)
+    ):
+        raise StoreFormatError(
+            f"{where}: attribute shape is {shape!r}, not two positive integers [rows, columns]"
+        )
+    return int(shape[0]), int(shape[1])
+
+
+def _offsets(meta: dict, name: str, where: str, end: int, what: str) -> np.ndarray:
+    """A block table's ``row_offsets`` or ``nnz_offsets``: integers from 0 up to ``end``."""
+    values = meta.get(name)
+    if not isinstance(values, list) or len(values) < 2 or not all(map(_integer, values)):
+        raise StoreFormatError(
+            f"{where}: attribute bignmf.{name} is not a list of at least two integers"
+        )
+    offsets = np.asarray(values, dtype=np.int64)
+    steps = np.diff(offsets)
+    # row blocks are never empty; a block of empty rows has no nonzeros
+    drops = np.flatnonzero(steps <= 0 if name == "row_offsets" else steps < 0)
+    if offsets[0] != 0 or offsets[-1] != end or drops.size:
+        detail = (
+            f"row block {int(drops[0])} runs from {int(offsets[drops[0]])} to "
+            f"{int(offsets[drops[0] + 1])}"
+            if drops.size
+            else f"it runs from {int(offsets[0])} to {int(offsets[-1])}"
+        )
+        rule = "increase" if name == "row_offsets" else "not decrease"
+        raise StoreFormatError(
+            f"{where}: attribute bignmf.{name} must {rule} from 0 to {end} ({what}) but "
+            f"{detail}; the store is corrupt"
+        )
+    return offsets
+
+
+def _statistic(meta: dict, name: str, where: str) -> float | None:
+    value = meta.get(name)
+    if value is None:
+        return None
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not (math.isfinite(value) and value >= 0):
+        raise StoreFormatError(
+            f"{where}: attribute bignmf.{name} is {value!r}, not a non-negative number"
+        )
+    return float(value)
+
+
+def _check_statistics(frob: float | None, total: float | None, nnz: int, where: str) -> None:
+    """Bounds ‖A‖²_F and ΣA must meet for ``nnz`` non-negative entries: no read needed.
+
+    ``(ΣA)² <= nnz·‖A‖²_F`` (Cauchy-Schwarz) and ``‖A‖²_F <= (ΣA)²`` (the entries are
+    non-negative). They catch some lies (a norm scaled by 0.25 fails the first for any matrix
+    whose values vary less than that of an exponential), never all: the fit is what must not
+    trust them (see the module's notes).
+    """
+    if frob is None or total is None:
+        return
+    slack = 1 + 1e-9  # both are sums in float64 of the same values, in different orders
+    if total * total > nnz * frob * slack or frob > total * total * slack:
+        raise StoreFormatError(
+            f"{where}: attributes bignmf.frobenius_sq = {frob!r} and bignmf.sum = {total!r} "
+            f"cannot both hold for {nnz} non-negative entries; the store is corrupt"
+        )
+
+
+def _ends(indptr: zarr.Array, rows: int) -> tuple[int, int]:
+    """``indptr[0]`` and ``indptr[rows]``, decoded directly where the layout allows (zarr's
+    two reads took 2.8 ms of a 7.7 ms open)."""
+    reader = DirectChunkReader.for_array(indptr)
+    if reader is None:
+        return int(indptr[0]), int(indptr[rows])
+    return int(reader.read(0, 1)[0]), int(reader.read(rows, rows + 1)[0])
+
+
 def _layout(group: zarr.Group, where: str, block_nnz: int | None) -> Layout:
+    """What the store's attributes say, checked against each other and the arrays' metadata.
+
+    Reads metadata, two elements of ``indptr`` and, for a store without bignmf's block table,
+    all of ``indptr`` (to plan its row blocks); never ``data`` or ``indices``.
+    """
     attrs = group.attrs
     kind = attrs.get("encoding-type")
     if kind != "csr_matrix":
         hint = "; run `bignmf convert` on it" if kind else ""
         raise StoreFormatError(f"{where}: is not a csr_matrix group (encoding-type {kind!r}){hint}")
-    try:
-        data, indices, indptr = group["data"], group["indices"], group["indptr"]
-    except KeyError as err:
-        raise StoreFormatError(f"{where}: csr_matrix group lacks the array {err}") from None
-    shape = tuple(int(s) for s in attrs["shape"])
+    data, indices, indptr = _arrays(group, where)
+    shape = _shape(attrs, where)
     if indptr.shape[0] != shape[0] + 1 or data.shape != indices.shape:
         raise StoreFormatError(
-            f"{where}: arrays disagree with shape {shape}: indptr has {indptr.shape[0]} "
-            f"entries, data {data.shape[0]}, indices {indices.shape[0]}"
+            f"{where}: arrays disagree with shape {list(shape)}: indptr has {indptr.shape[0]} "
+            f"entries (rows + 1 = {shape[0] + 1}), data {data.shape[0]}, indices "
+            f"{indices.shape[0]}; the store is corrupt"
+        )
+    nnz = int(data.shape[0])
+    first, last = _ends(indptr, shape[0])
+    if first != 0 or last != nnz:
+        raise StoreFormatError(
+            f"{where}: indptr runs from {first} to {last}, but data and indices hold {nnz} "
+            "entries; the store is corrupt"
         )
     meta = attrs.get("bignmf")
+    if meta is not None and not isinstance(meta, dict):
+        raise StoreFormatError(f"{where}: attribute bignmf is {type(meta).__name__}, not a map")
     chunk = int(data.chunks[0])
     if meta and block_nnz is None:
-        rows = np.asarray(meta["row_offsets"], dtype=np.int64)
-        nnzs = np.asarray(meta["nnz_offsets"], dtype=np.int64)
+        rows = _offsets(meta, "row_offsets", where, shape[0], "the rows")
+        nnzs = _offsets(meta, "nnz_offsets", where, nnz, "the entries")
+        if rows.size != nnzs.size:
+            raise StoreFormatError(
+                f"{where}: attributes bignmf.row_offsets and bignmf.nnz_offsets list "
+                f"{rows.size} and {nnzs.size} offsets; the store is corrupt"
+            )
     else:
-        rows, nnzs = _plan_foreign(indptr, block_nnz or DEFAULT_BLOCK_CHUNKS * max(chunk, 1 << 16))
-    frob, total = (meta.get("frobenius_sq"), meta.get("sum")) if meta else (None, None)
-    if nnzs[-1] != data.shape[0] or rows[-1] != shape[0]:
-        raise StoreFormatError(f"{where}: block table does not cover the matrix; store is corrupt")
+        rows, nnzs = _plan_foreign(
+            indptr, block_nnz or DEFAULT_BLOCK_CHUNKS * max(chunk, 1 << 16), where
+        )
+    frob, total = (
+        (_statistic(meta, "frobenius_sq", where), _statistic(meta, "sum", where))
+        if meta
+        else (None, None)
+    )
+    _check_statistics(frob, total, nnz, where)
     return Layout(
         shape,
-        int(data.shape[0]),
+        nnz,
         np.dtype(data.dtype),
         np.dtype(indices.dtype),
         rows,
