@@ -14,6 +14,7 @@ from bignmf.errors import (
     ParameterError,
     StoreExistsError,
     StoreFormatError,
+    WorkersLostError,
     WorkersPausedError,
 )
 from bignmf.fit.callbacks import Callback
@@ -56,6 +57,7 @@ __all__ = [
     "Source",
     "StoreExistsError",
     "StoreFormatError",
+    "WorkersLostError",
     "WorkersPausedError",
     "__version__",
     "connect",

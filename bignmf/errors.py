@@ -47,6 +47,11 @@ class WorkersPausedError(BigNMFError, MemoryError):
     can run, so the fit would otherwise wait forever."""
 
 
+class WorkersLostError(RuntimeError):
+    """Every Dask worker left the cluster mid-compute and none came back: the fit would
+    otherwise wait forever. A fault of the machine, not of the input (the CLI exits 3)."""
+
+
 class CheckpointError(BigNMFError):
     """A checkpoint or run directory is missing, damaged, or belongs to another run."""
 

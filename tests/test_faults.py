@@ -305,3 +305,30 @@ def test_an_edited_manifest_is_skipped_and_an_edited_run_json_refused(store, tmp
     assert status == 2
     with pytest.raises(CheckpointError, match=r"run\.json was changed after the run started"):
         bignmf.resume(run_dir, max_iter=6)
+
+
+@pytest.mark.slow  # a cluster of its own and a fit left without workers: ~40 s
+def test_a_fit_whose_every_worker_left_ends_with_exit_3(store, tmp_path):
+    from tests.conftest import LocalProcessCluster
+
+    cluster = LocalProcessCluster(tmp_path / "cluster", n_workers=1)
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "DASK_BIGNMF__NO_WORKERS_TIMEOUT": "5"}
+    try:
+        cmd = [sys.executable, "-m", "bignmf", "fit", str(store.path), "-k", str(K), "--out",
+               str(run_dir), "--tol", "0", "--no-progress", "--top", "0", "--checkpoint-every",
+               "1", "--max-iter", "400", "--scheduler", cluster.address]  # fmt: skip
+        fit = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                               text=True, env=env)  # fmt: skip
+        deadline = time.monotonic() + 300
+        while metrics_lines(run_dir) < 3 and fit.poll() is None:
+            assert time.monotonic() < deadline, "the fit made no progress"
+            time.sleep(0.1)
+        os.killpg(cluster.procs[1].pid, signal.SIGKILL)  # the worker and its nanny
+        _, err = fit.communicate(timeout=300)
+    finally:
+        cluster.close()
+    assert fit.returncode == 3, err
+    line = err.strip().splitlines()[-1]
+    assert "lost the scheduler or its workers (WorkersLostError)" in line
+    assert f"run `bignmf resume {run_dir}`" in line

@@ -13,7 +13,7 @@ from typing import Any
 
 import dask
 
-from bignmf.errors import BigNMFError
+from bignmf.errors import BigNMFError, WorkersLostError
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,9 @@ class Runner:
 
 
 PAUSED_TIMEOUT = 300.0  # seconds every worker may stay paused before a compute gives up
+#: Seconds a compute waits with no worker at all, after it had some: long enough for a
+#: restarted worker (a nanny, a resubmitted job) to come back.
+NO_WORKERS_TIMEOUT = 120.0
 _POLL_SECONDS = 5.0
 
 
@@ -107,7 +110,8 @@ def _watched_compute(client: Any, collections: tuple) -> tuple:
 
     futures = client.compute(list(collections))
     try:
-        paused_since = None
+        paused_since = gone_since = None
+        had_workers = _n_workers(client) != 0  # a cluster still starting has none yet
         while True:
             try:
                 wait(futures, timeout=_POLL_SECONDS)
@@ -118,9 +122,25 @@ def _watched_compute(client: Any, collections: tuple) -> tuple:
                 limit = float(dask.config.get("bignmf.paused-timeout", PAUSED_TIMEOUT))
                 if paused_since is not None and time.monotonic() - paused_since >= limit:
                     raise _paused_error(paused, limit) from None
+                gone = had_workers and _n_workers(client) == 0
+                gone_since = (gone_since or time.monotonic()) if gone else None
+                limit = float(dask.config.get("bignmf.no-workers-timeout", NO_WORKERS_TIMEOUT))
+                if gone_since is not None and time.monotonic() - gone_since >= limit:
+                    raise WorkersLostError(
+                        f"every worker left the cluster and none came back in {limit:g} s "
+                        "(Dask's config key bignmf.no-workers-timeout)"
+                    ) from None
     except BaseException:
         client.cancel(futures)
         raise
+
+
+def _n_workers(client: Any) -> int | None:
+    """How many workers the scheduler has (None when it cannot answer now)."""
+    try:
+        return len(client.scheduler_info(n_workers=-1)["workers"])
+    except Exception:  # a scheduler that cannot answer now is not evidence of no workers
+        return None
 
 
 def _all_paused(client: Any) -> dict | None:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from bignmf.fit.graph import WIO, Pass, block_pass
-from bignmf.kernels.products import a_ht, accumulate_at_w, gram
+from bignmf.kernels.products import a_ht, accumulate_at_w, gram, sq_norm
 from bignmf.kernels.solvers import get_solver
 from bignmf.plan import column_bounds
 from bignmf.store.factors import ZarrBlocks
@@ -104,7 +104,9 @@ def _w_step(A_i, W_i, i, aht: WIO, HHt: np.ndarray, plan: Pass, work):
 def _atw_step(A_i, W_i, i, c0: int, c1: int, with_gram: bool, work):
     """One range of ``AᵀW``: ``A_i[:, c0:c1]ᵀ·W_i`` (and ``W_iᵀW_i`` for the first range)."""
     partial = {"AtW": np.zeros((c1 - c0, W_i.shape[1]), dtype=W_i.dtype)}
-    accumulate_at_w(A_i[:, c0:c1], W_i, partial["AtW"])
+    A_r = A_i[:, c0:c1]
+    accumulate_at_w(A_r, W_i, partial["AtW"])
+    partial["A_sq"] = np.asarray(sq_norm(A_r))  # the ranges' sum: the driver's norm check
     if with_gram:
         partial["WtW"] = gram(W_i)
     return partial, None
@@ -199,11 +201,12 @@ class TwoPasses:
         return self._assemble(parts, Ht)
 
     def _assemble(self, parts: list[dict], Ht: np.ndarray) -> dict:
-        """The fused pass's reduced accumulator ``{"AtW", "WtW", "cross"}`` from the ranges'
-        sums; ``cross = ⟨W, A·Hᵀ⟩ = ⟨AᵀW, Hᵀ⟩``, summed range by range in float64."""
+        """The fused pass's reduced accumulator ``{"AtW", "WtW", "cross", "A_sq"}`` from the
+        ranges' sums; ``cross = ⟨W, A·Hᵀ⟩ = ⟨AᵀW, Hᵀ⟩``, summed range by range in float64."""
         cross = sum(
             float(np.vdot(part["AtW"].astype(np.float64), Ht[c0:c1].astype(np.float64)))
             for part, (c0, c1) in zip(parts, self.ranges.ranges, strict=True)
         )
         AtW = np.concatenate([part["AtW"] for part in parts], axis=0)
-        return {"AtW": AtW, "WtW": parts[0]["WtW"], "cross": np.float64(cross)}
+        a_sq = np.float64(sum(float(part["A_sq"]) for part in parts))
+        return {"AtW": AtW, "WtW": parts[0]["WtW"], "cross": np.float64(cross), "A_sq": a_sq}

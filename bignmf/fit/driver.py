@@ -26,12 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from bignmf.errors import ObjectiveIncreaseWarning
+from bignmf.errors import ObjectiveIncreaseWarning, StoreFormatError
 from bignmf.fit.columns import TwoPasses
 from bignmf.fit.graph import WIO, HState, Pass, block_pass, iteration
 from bignmf.fit.rundir import Checkpoint, CheckpointError, crash_point, crc32
 from bignmf.kernels.solvers import penalty, penalty_sums, prepare_h
 from bignmf.store.factors import ZarrBlocks
+from bignmf.store.weighted import WeightedMatrix
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class FitState:
     converged: bool = False
     two_passes: TwoPasses | None = None  # H cut into column ranges (wide matrices)
     saved_loss: float | None = None  # final_loss of the checkpoint restored, until a step
+    norm_checked: bool = False  # the recorded ‖A‖² against the first pass's, once a process
 
     @property
     def norm_a_sq(self) -> float:
@@ -118,6 +120,9 @@ class FitState:
         else:
             self.acc = self._two_passes()
         crash_point("iteration-before-h", self.iteration + 1)
+        if not self.norm_checked:
+            check_norm(self.matrix, self.acc)
+            self.norm_checked = True
         params = self.plan.params
         # the penalties of the iterate the loss is of: the new W (its sums) and the old H
         penalties = penalty(self.acc, self.H, params)
@@ -289,6 +294,26 @@ def rounding(objective: Sequence[float], beta: float, matrix: Any, dtype) -> flo
         return 0.0
     scale = 0.5 * matrix.frobenius_sq if beta == 2 else matrix.value_sum
     return ROUNDING * float(np.finfo(dtype).eps) * max(abs(objective[0]), scale)
+
+
+#: How far a recorded ‖A‖² may be from the sum of the blocks' squares: summation order only.
+NORM_RTOL = 1e-6
+
+
+def check_norm(matrix: Any, acc: dict) -> None:
+    """Refuse a matrix whose recorded ‖A‖²_F is not what its blocks hold (a store's attribute
+    edited: every loss and relative error would be wrong, silently), from the first pass's
+    ``A_sq``; weighted matrices' norms are Σ c·t², which the pass does not sum."""
+    if "A_sq" not in acc or isinstance(matrix, WeightedMatrix):
+        return
+    recorded, measured = float(matrix.frobenius_sq), float(acc["A_sq"])
+    if abs(recorded - measured) <= NORM_RTOL * max(abs(measured), abs(recorded)):
+        return
+    where = getattr(matrix, "path", None) or "the matrix"
+    raise StoreFormatError(
+        f"{where}: its recorded frobenius_sq is {recorded!r}, its entries give {measured!r}: "
+        "the store is corrupt (write it again with `bignmf convert`)"
+    )
 
 
 def relative_decrease(objective: Sequence[float], tol: float, noise: float = 0.0) -> bool:

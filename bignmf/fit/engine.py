@@ -585,7 +585,7 @@ def _w_buffers(workdir, run_dir: RunDir | None) -> str:
 def _check_resumable(run_dir: RunDir, recorded: RunRecord, matrix, settings) -> None:
     """The same matrix, the same row blocking and the same settings as the recorded run."""
     theirs, ours = recorded.matrix, _matrix_record(matrix)
-    if theirs["fingerprint"] != ours["fingerprint"]:
+    if not _same_matrix(theirs["fingerprint"], ours["fingerprint"]):
         raise CheckpointError(
             f"{run_dir.path} was run on another matrix: recorded {theirs['fingerprint']}, "
             f"given {ours['fingerprint']}"
@@ -599,6 +599,14 @@ def _check_resumable(run_dir: RunDir, recorded: RunRecord, matrix, settings) -> 
     if differ:
         listed = ", ".join(f"{key}: recorded {a!r}, given {b!r}" for key, (a, b) in differ.items())
         raise CheckpointError(f"{run_dir.path} was run with other settings ({listed})")
+
+
+def _same_matrix(recorded: Any, given: Any) -> bool:
+    """Whether two fingerprints agree on everything the recorded one holds (a run recorded
+    before a fingerprint gained a part, e.g. the stores' chunk checksums, resumes)."""
+    if isinstance(recorded, dict) and isinstance(given, dict):
+        return all(key in given and _same_matrix(recorded[key], given[key]) for key in recorded)
+    return recorded == given
 
 
 def _matrix_record(matrix) -> dict:

@@ -26,7 +26,7 @@ FAULT_STATUS = 3
 
 #: Errors that mean the scheduler, or the connection to it, or its workers, went away.
 _LOST = {"CancelledError", "FuturesCancelledError", "CommClosedError", "StreamClosedError",
-         "KilledWorker"}  # fmt: skip
+         "KilledWorker", "WorkersLostError"}  # fmt: skip
 
 
 def describe(error: BaseException, run_dir: str | os.PathLike | None, command: str) -> str | None:

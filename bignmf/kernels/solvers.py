@@ -35,6 +35,9 @@ key        shape            dtype                       content (summed over blo
 ``W_l1``   ()               float64                     ``ΣW`` (the L1 penalty's sum)
 ``W_sq``   ()               float64                     β ≠ 2: ``‖W‖²_F`` (β = 2 has it as
                                                         ``trace(WᵀW)``)
+``A_sq``   ()               float64                     ``Σ a²`` of the blocks' stored values:
+                                                        the driver checks a store's recorded
+                                                        norm against it
 =========  ===============  ==========================  ====================================
 
 The penalty sums are of the new W, like the loss: :func:`penalty` turns them (and the H the
@@ -81,7 +84,7 @@ from bignmf.kernels.observed import (
     targets_and_deltas,
     targets_and_weights,
 )
-from bignmf.kernels.products import a_ht, accumulate_at_w, gram, inner, wh_at_nonzeros
+from bignmf.kernels.products import a_ht, accumulate_at_w, gram, inner, sq_norm, wh_at_nonzeros
 
 __all__ = [
     "MASK",
@@ -423,6 +426,7 @@ class Solver:
             acc["den"] = np.zeros((n, k), dtype=dtype)
             acc["loss"] = np.zeros((), dtype=np.float64)
         acc["W_l1"] = np.zeros((), dtype=np.float64)
+        acc["A_sq"] = np.zeros((), dtype=np.float64)
         if beta != 2:
             acc["W_sq"] = np.zeros((), dtype=np.float64)
         return acc
@@ -597,6 +601,7 @@ class Solver:
 
     @staticmethod
     def _accumulate_frobenius(A_i, W_new, aht, acc):
+        acc["A_sq"] += sq_norm(A_i)
         accumulate_at_w(A_i, W_new, acc["AtW"])
         gram(W_new, out=acc["WtW"])
         acc["cross"] += inner(W_new, aht)
@@ -705,6 +710,7 @@ class MUSolver(Solver):
         wh = wh_at_nonzeros(
             A_i, W_new, Ht, out=scratch(work, "wh", (nnz,), dtype), batch_size=batch_size
         )
+        acc["A_sq"] += sq_norm(A_i)
         acc["loss"] += nonzero_part(A_i.data, wh, beta) + dense_part(
             W_new, Ht, beta, H_sum=H_sum, batch_elements=params.batch_elements
         )
@@ -775,6 +781,7 @@ class _ObservedSolver(Solver):
             A_i, W_new, Ht, out=scratch(work, "wh", (nnz,), dtype), batch_size=GATHER_ENTRIES
         )
         acc["loss"] += observed_loss(A_i.data, wh, weights)
+        acc["A_sq"] += sq_norm(A_i)
         accumulate_at_w(Y, W_new, acc["AtW"])
         self._accumulate_h(C, W_new, wh, acc)
         for key, value in penalty_sums(W_new, squares=True).items():
@@ -1009,6 +1016,7 @@ def _observed_accumulator(n: int, k: int, dtype) -> Accumulator:
         "loss": np.zeros((), dtype=np.float64),
         "W_l1": np.zeros((), dtype=np.float64),
         "W_sq": np.zeros((), dtype=np.float64),
+        "A_sq": np.zeros((), dtype=np.float64),
     }
 
 

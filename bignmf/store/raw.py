@@ -17,7 +17,10 @@ missing file means a chunk of the fill value, when :func:`layout` finds all of:
 * the ``bytes`` codec first, little-endian (or a one-byte dtype), for a plain numeric dtype that
   is little-endian in memory: the file's bytes are then the array's;
 * after it, nothing, or one blosc or zstd compressor (decoded with numcodecs, whose frames are
-  the ones zarr writes).
+  the ones zarr writes);
+* last, optionally, zarr's ``crc32c`` codec: each file then ends in the CRC-32C of the bytes
+  before it (little-endian), which :class:`DirectChunkReader` verifies before it decodes and
+  :func:`chunk_checksums` reads without decoding.
 
 The ``bytes`` codec always lays a chunk out in C order, whatever the array's ``order``, so order
 is not a condition. Anything else (Zarr v2, sharding, a transpose codec, checksums, a remote
@@ -33,9 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ZstdCodec
 from zarr.storage import LocalStore
 
 
@@ -55,6 +59,8 @@ class ChunkLayout:
         What a chunk whose file is missing holds.
     decoder : numcodecs codec or None
         Decompresses a file's bytes; None for uncompressed files.
+    checksum : bool
+        Each file ends in a CRC-32C of the bytes before it (zarr's ``crc32c`` codec).
     """
 
     directory: str
@@ -63,6 +69,7 @@ class ChunkLayout:
     dtype: np.dtype
     fill_value: Any
     decoder: Any
+    checksum: bool = False
 
     @property
     def one_chunk(self) -> bool:
@@ -94,6 +101,9 @@ def layout(array: zarr.Array) -> ChunkLayout | None:
     if dtype.kind not in "biufc" or not (dtype.byteorder in ("<", "|") or native_little):
         return None
     codecs = list(meta.codecs)
+    checksum = bool(codecs) and isinstance(codecs[-1], Crc32cCodec)
+    if checksum:
+        codecs.pop()
     first = codecs.pop(0) if codecs else None
     if not isinstance(first, BytesCodec) or len(codecs) > 1:
         return None
@@ -112,7 +122,38 @@ def layout(array: zarr.Array) -> ChunkLayout | None:
         dtype=dtype,
         fill_value=meta.fill_value,
         decoder=decoder,
+        checksum=checksum,
     )
+
+
+#: Bytes of the CRC-32C that zarr's ``crc32c`` codec appends to a chunk.
+CHECKSUM_BYTES = 4
+
+
+def verified(path: Path, data: bytes) -> bytes:
+    """A chunk file's bytes before its CRC-32C, once it matches them; ValueError if not."""
+    body, tail = data[:-CHECKSUM_BYTES], data[-CHECKSUM_BYTES:]
+    if len(data) < CHECKSUM_BYTES or google_crc32c.value(body) != int.from_bytes(tail, "little"):
+        raise ValueError(f"chunk file {path} fails its crc32c checksum")
+    return body
+
+
+def chunk_checksums(found: ChunkLayout) -> bytes:
+    """Every chunk's stored CRC-32C, in chunk order (4 zero bytes for a chunk never written),
+    read from the files' tails without decoding: what a checksummed array's identity is."""
+    if not found.checksum or len(found.shape) != 1:
+        raise ValueError("chunk_checksums needs a 1-D array with the crc32c codec")
+    tails = []
+    for c in range(-(-found.shape[0] // found.chunks[0])):
+        try:
+            with open(found.chunk_file((c,)), "rb") as f:
+                f.seek(-CHECKSUM_BYTES, os.SEEK_END)
+                tails.append(f.read(CHECKSUM_BYTES))
+        except FileNotFoundError:
+            tails.append(bytes(CHECKSUM_BYTES))
+        except OSError as error:  # a file shorter than its checksum
+            raise ValueError(f"chunk file {found.chunk_file((c,))}: {error}") from None
+    return b"".join(tails)
 
 
 class DirectChunkReader:
@@ -124,7 +165,14 @@ class DirectChunkReader:
     """
 
     def __init__(
-        self, directory: Path, chunk: int, length: int, dtype: np.dtype, decoder, fill_value=0
+        self,
+        directory: Path,
+        chunk: int,
+        length: int,
+        dtype: np.dtype,
+        decoder,
+        fill_value=0,
+        checksum: bool = False,
     ):
         self.directory = directory
         self.chunk = chunk
@@ -132,6 +180,7 @@ class DirectChunkReader:
         self.dtype = dtype
         self.decoder = decoder
         self.fill_value = fill_value
+        self.checksum = checksum
 
     @classmethod
     def for_array(cls, array: zarr.Array) -> DirectChunkReader | None:
@@ -146,6 +195,7 @@ class DirectChunkReader:
             found.dtype,
             found.decoder,
             found.fill_value,
+            found.checksum,
         )
 
     def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -158,6 +208,8 @@ class DirectChunkReader:
             path = self.directory / "c" / str(c)
             if not path.exists():  # never written: zarr's fill value
                 target[...] = self.fill_value
+            elif self.checksum:  # the whole file, verified before anything is decoded
+                self._checked(path, target, lo - c * self.chunk, hi - lo)
             elif self.decoder is None:
                 with open(path, "rb", buffering=0) as f:
                     f.seek((lo - c * self.chunk) * self.dtype.itemsize)
@@ -170,6 +222,20 @@ class DirectChunkReader:
                 self.decoder.decode(path.read_bytes(), out=scratch)
                 target[...] = scratch[lo - c * self.chunk : hi - c * self.chunk]
         return out
+
+    def _checked(self, path: Path, target: np.ndarray, offset: int, count: int) -> None:
+        body = verified(path, path.read_bytes())
+        if self.decoder is None:
+            values = np.frombuffer(body, self.dtype)
+            if values.size != self.chunk:  # zarr writes whole chunks, the last one too
+                raise ValueError(f"chunk file {path}: {values.size} values, not {self.chunk}")
+            target[...] = values[offset : offset + count]
+        elif count == self.chunk:
+            self.decoder.decode(body, out=target)
+        else:
+            scratch = np.empty(self.chunk, self.dtype)
+            self.decoder.decode(body, out=scratch)
+            target[...] = scratch[offset : offset + count]
 
 
 def read_chunk(path: str, shape: tuple[int, ...], dtype: np.dtype, fill: Any) -> np.ndarray:
@@ -210,4 +276,13 @@ def write_chunk(path: str, shape: tuple[int, ...], dtype: np.dtype, values: np.n
         os.close(fd)
 
 
-__all__ = ["ChunkLayout", "DirectChunkReader", "layout", "read_chunk", "write_chunk"]
+__all__ = [
+    "CHECKSUM_BYTES",
+    "ChunkLayout",
+    "DirectChunkReader",
+    "chunk_checksums",
+    "layout",
+    "read_chunk",
+    "verified",
+    "write_chunk",
+]

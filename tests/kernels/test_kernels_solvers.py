@@ -345,9 +345,9 @@ def test_registry_and_errors():
 
 def test_accumulator_layout():
     mu = get_solver("mu")
-    assert set(mu.new_accumulator(5, 2, np.float32, 2)) == {"AtW", "WtW", "cross", "W_l1"}
+    assert set(mu.new_accumulator(5, 2, np.float32, 2)) == {"AtW", "WtW", "cross", "W_l1", "A_sq"}
     acc = mu.new_accumulator(5, 2, np.float32, 1)
-    assert set(acc) == {"AtW", "W_sum", "loss", "W_l1", "W_sq"}
+    assert set(acc) == {"AtW", "W_sum", "loss", "W_l1", "W_sq", "A_sq"}
     assert acc["AtW"].dtype == np.float32
     assert acc["W_sum"].dtype == np.float64
     assert acc["loss"].shape == ()
@@ -359,6 +359,7 @@ def test_accumulator_layout():
         "loss",
         "W_l1",
         "W_sq",
+        "A_sq",
     }
     assert get_solver("hals").new_accumulator(5, 2, np.int32)["AtW"].dtype == np.float64
     a = get_solver("hals").new_accumulator(3, 2, np.float64)
