@@ -9,7 +9,11 @@ code (:func:`bignmf.fit.predict.predict`, RMSE in float64):
   scheduler, ``init="random"``, L2 ``alpha_W = alpha_H = --alpha``; one run each, scored after
   every iteration by a callback that reads (W, H) from the fit's state, its time left out;
   once more ``hals`` on the store's own row blocks, and once through ``bignmf fit`` and
-  ``bignmf score`` in a subprocess for the peak RSS of its process;
+  ``bignmf score`` in a subprocess for the peak RSS of its process; then, bignmf alone, the
+  *larger than the workers' memory* series: ``bignmf fit --missing zeros`` on an embedded
+  LocalCluster of 2 workers with a fixed memory limit each, on ratings of 1×, 5× and 25× the
+  profile's users (and so its ratings), the largest larger decoded than the workers' memory
+  together, each fit's process tree sampled for its peak RSS;
 * Spark ML ``ALS(nonnegative=True)`` in ``local[2]`` (a JVM: Java and ``pyspark``);
 * scikit-surprise ``NMF(biased=False)``;
 * RcppML ``nmf(mask_zeros=TRUE)`` through ``Rscript`` (Debian's ``r-cran-rcppml``).
@@ -24,6 +28,7 @@ runs in a child process, imported only there; one that is not installed is skipp
 
     python benchmarks/missing.py            # 250k users x 20k items, ~5M ratings, k = 10
     python benchmarks/missing.py --quick    # 50k x 5k, ~1M ratings
+    python benchmarks/missing.py --peers none --big-multiples ''   # no peers, no series
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import engine
 import memory_peak
+from memory_peak import MiB
 
 from bignmf.datasets import RatingsSpec, RatingTriples, held_out_ratings, make_ratings
 from bignmf.fit.predict import predict
@@ -74,13 +80,14 @@ class Ratings:
 
     spec: RatingsSpec
     store: bignmf.CSRStore
-    test: RatingTriples
+    test: RatingTriples | None
     test_path: Path
     generate_s: float
 
 
-def ratings(args: argparse.Namespace) -> Ratings:
-    """The planted ratings of ``args``, cached in ``args.workdir``."""
+def ratings(args: argparse.Namespace, held_out: bool = True) -> Ratings:
+    """The planted ratings of ``args``, cached in ``args.workdir``; the held-out triples in
+    memory too unless ``held_out`` is false (their file is always written)."""
     params = {
         "ratings_per_user": args.ratings_per_user,
         "noise": args.noise,
@@ -99,7 +106,8 @@ def ratings(args: argparse.Namespace) -> Ratings:
             path, args.users, args.items, args.components, overwrite=True, **params
         ).store
     generate_s = time.perf_counter() - start
-    return Ratings(spec, store, held_out_ratings(spec), test_path, generate_s)
+    test = held_out_ratings(spec) if held_out else None
+    return Ratings(spec, store, test, test_path, generate_s)
 
 
 def rmse(W: np.ndarray, H: np.ndarray, test: RatingTriples) -> float:
@@ -248,6 +256,132 @@ def cli_fit(data: Ratings, args, block_nnz: int | None) -> dict:
         shutil.rmtree(scratch, ignore_errors=True)
     sampled.pop("output", None)
     return {**sampled, "iters": args.rss_iters, "rmse": scored["rmse"], "n_test": scored["n"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# bignmf alone: ratings larger than the workers' memory
+# ---------------------------------------------------------------------------------------------
+
+
+def big_tasks(nnz: int, block_nnz: int) -> int:
+    """``--n-tasks`` that gives about two row blocks of ``block_nnz`` a task (at least 8, the
+    default on 2 single-threaded workers): a task holds as much at every size."""
+    return max(8, -(-(nnz // block_nnz + 1) // 2))
+
+
+def big_fit(data: Ratings, args, block_nnz: int, workdir: Path) -> dict:
+    """``bignmf fit --missing zeros`` on a 2-worker LocalCluster with ``args.big_memory`` each,
+    its process tree sampled, then ``bignmf score --json`` on the held-out entries.
+
+    Parameters
+    ----------
+    data : Ratings
+        The planted ratings of one size.
+    args : argparse.Namespace
+        The part's options (``big_memory``, ``big_iters``, ``components``, ``alpha``, ``seed``).
+    block_nnz : int
+        Nonzeros per row block, the same at every size.
+    workdir : Path
+        Where the cluster file and the run directory go (removed afterwards).
+
+    Returns
+    -------
+    dict
+        :func:`memory_peak.run_sampled`'s peaks and seconds, ``s_per_iter`` (median of the
+        iterations after the first), ``rmse`` and ``n_test`` (held out), ``n_tasks``, the fit's
+        row ``blocks`` and ``n_inner`` (from its ``run.json``), the store's
+        matrix (``shape``, ``nnz``, ``row_blocks``, ``bytes_uncompressed``, ``bytes_on_disk``)
+        and ``error`` (the fit's output tail) if it failed.
+    """
+    scratch = Path(tempfile.mkdtemp(prefix="bignmf-big-", dir=workdir))
+    cluster, run_dir = scratch / "cluster.yaml", scratch / "run"
+    cluster.write_text(f"kind: local\nworkers: 2\nthreads: 1\nmemory_limit: {args.big_memory}\n")
+    nnz = int(data.store.nnz)
+    flags = {
+        "-k": args.components,
+        "--missing": "zeros",
+        "--alpha-W": args.alpha,
+        "--init": "random",
+        "--seed": args.seed,
+        "--max-iter": args.big_iters,
+        "--tol": 0,
+        "--cluster": cluster,
+        "--block-nnz": block_nnz,
+        "--n-tasks": big_tasks(nnz, block_nnz),
+        "--top": 0,
+        "--out": run_dir,
+    }
+    options = [str(word) for flag in flags.items() for word in flag] + ["--no-progress"]
+    cmd = [sys.executable, "-c", memory_peak.FIT, "fit", str(data.store.path), *options]
+    # a fit whose workers all stay paused gives up after 60 s, not distributed's 300
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "DASK_BIGNMF__PAUSED_TIMEOUT": "60"}
+    try:
+        row = memory_peak.run_sampled(cmd, 0.05, env)
+        output = row.pop("output", "")
+        if row["returncode"] == 0:
+            row["s_per_iter"] = memory_peak.seconds_per_iteration(run_dir)
+            record = json.loads((run_dir / "run.json").read_text())
+            row.update(blocks=record["matrix"]["n_blocks"], n_inner=record["settings"]["n_inner"])
+            score = ["score", str(run_dir), str(data.test_path), "--json"]
+            done = subprocess.run(
+                [sys.executable, "-m", "bignmf", *score],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=env,
+            )
+            scored = json.loads(done.stdout.strip().splitlines()[-1])
+            row.update(rmse=scored["rmse"], n_test=scored["n"])
+        else:
+            row["error"] = output[-1500:]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    info = data.store.info()
+    keys = ("shape", "nnz", "row_blocks", "bytes_uncompressed", "bytes_on_disk")
+    row.update(matrix={key: info[key] for key in keys}, n_tasks=flags["--n-tasks"])
+    return row
+
+
+def big_series(args: argparse.Namespace, block_nnz: int) -> dict | None:
+    """The larger-than-memory series: ratings of ``args.big_multiples`` × the profile's users
+    (the same items and ratings a user), each fitted by :func:`big_fit`.
+
+    Returns
+    -------
+    dict or None
+        ``rows`` (one per size: :func:`big_fit`'s, with ``multiple`` and ``generate_s``), the
+        settings (``memory_limit`` in bytes, ``workers``, ``iters``, ``block_nnz``); None when
+        ``args.big_multiples`` is empty.
+    """
+    from dask.utils import parse_bytes
+
+    if not args.big_multiples:
+        return None
+    sizes = []
+    for multiple in args.big_multiples:  # every input written before the first timed fit
+        scaled = argparse.Namespace(**{**vars(args), "users": multiple * args.users})
+        sizes.append((multiple, ratings(scaled, held_out=False)))  # scored from the file
+        engine._say(f"  ratings x{multiple}: {sizes[-1][1].store.nnz:,} training")
+    rows = []
+    for multiple, data in sizes:
+        row = big_fit(data, args, block_nnz, Path(args.workdir))
+        row.update(multiple=multiple, generate_s=data.generate_s)
+        engine._say(f"  x{multiple}: " + ("failed" if "error" in row else _big_progress(row)))
+        rows.append(row)
+    return {
+        "memory_limit": parse_bytes(args.big_memory),
+        "workers": 2,
+        "iters": args.big_iters,
+        "block_nnz": block_nnz,
+        "rows": rows,
+    }
+
+
+def _big_progress(row: dict) -> str:
+    return (
+        f"tree peak {row['tree_peak'] / MiB:.0f} MiB, {row['s_per_iter']:.2f} s/iter, "
+        f"RMSE {row['rmse']:.4f}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -568,6 +702,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--rss-iters", type=int, default=20, help="iterations of the `bignmf fit` run (20)"
     )
+    parser.add_argument(
+        "--big-multiples",
+        help="sizes of the larger-than-memory series, in the profile's users (1,5,25; quick "
+        "1,2; '': none)",
+    )
+    parser.add_argument(
+        "--big-memory", default="384MiB", help="memory limit of each of its 2 workers (384MiB)"
+    )
+    parser.add_argument("--big-iters", type=int, help="iterations of its fits (2)")
     parser.add_argument("--workdir", default="benchmarks/_data")
     parser.add_argument("--out", default="benchmarks/_out")
     parser.add_argument("--json", help="also write the results to this JSON file")
@@ -579,6 +722,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "budget": 300.0,
         "peer_iters": "1,2,5,10,20,40,80",
         "peer_budget": 600.0,
+        "big_multiples": "1,5,25",
+        "big_iters": 2,
     }
     quick = {
         "users": 50_000,
@@ -587,11 +732,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "budget": 60.0,
         "peer_iters": "1,2,5,10,20,40",
         "peer_budget": 120.0,
+        "big_multiples": "1,2",
+        "big_iters": 2,
     }
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.peer_iters = [int(i) for i in str(args.peer_iters).split(",") if i.strip()]
+    args.big_multiples = [int(i) for i in str(args.big_multiples).split(",") if i.strip()]
     args.peers = [p.strip() for p in args.peers.split(",") if p.strip() and p.strip() != "none"]
     unknown = set(args.peers) - set(PEERS)
     if unknown:
@@ -607,7 +755,8 @@ def run(args: argparse.Namespace) -> dict:
     dict
         ``data`` (shape, counts, spec), the settings, ``curves`` (``Curve`` as dicts, bignmf's
         first), ``target`` (the best peer's lowest RMSE, its name and time), ``rows`` (one per
-        method), ``speedup`` and ``cli`` (the ``bignmf fit`` run: peaks, RMSE).
+        method), ``speedup``, ``cli`` (the ``bignmf fit`` run: peaks, RMSE) and ``big`` (the
+        larger-than-memory series, :func:`big_series`; None without it).
     """
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     data = ratings(args)
@@ -641,6 +790,7 @@ def run(args: argparse.Namespace) -> dict:
         curves.append(run_peer(name, data, args, files, lam))
         engine._say(f"  {_progress(curves[-1])}")
     rows, target, speedup = summary(curves)
+    big = big_series(args, block_nnz)
     return {
         "data": {
             "shape": list(shape),
@@ -664,6 +814,7 @@ def run(args: argparse.Namespace) -> dict:
         "rows": rows,
         "speedup": speedup,
         "cli": cli,
+        "big": big,
     }
 
 
@@ -806,7 +957,65 @@ def markdown(result: dict) -> str:
     for r in result["rows"]:
         if r.get("note") and not r["method"].startswith("bignmf"):
             lines.append(f"- {r['method']}: {r['note']}.")
+    if result.get("big"):
+        lines += ["", *big_markdown(result["big"], result["k"])]
     return "\n".join(lines)
+
+
+def big_markdown(big: dict, k: int) -> list[str]:
+    """The larger-than-memory series: its settings, one row per size, the growth of the peaks."""
+    limit, workers = big["memory_limit"], big["workers"]
+    given = limit * workers
+    n_inner = next((r["n_inner"] for r in big["rows"] if "n_inner" in r), "–")
+    lines = [
+        f"**Larger than the workers' memory** (bignmf alone): `bignmf fit -k {k} --missing zeros "
+        f"--init random --max-iter {big['iters']} --tol 0 --block-nnz {big['block_nnz']}` "
+        f"(hals, n_inner {n_inner}) on an embedded LocalCluster of {workers} single-threaded "
+        f"workers with a memory limit of {limit / MiB:g} MiB each ({given / MiB:g} MiB "
+        "together; `--cluster`, `memory_limit`), `--n-tasks` for about two row blocks a "
+        "task; the same items and ratings a user, the users multiplied. *A decoded*: values, "
+        "column indices and row pointers; peaks sampled every 0.05 s over the process tree "
+        "(the driver's exact); s/iteration: median after the first; RMSE: `bignmf score RUN "
+        "test.mtx --json`.",
+        "",
+        "| × users | users | training ratings | A decoded MiB | A ÷ workers' memory | on disk "
+        "MiB | row blocks | tasks | tree peak MiB | driver MiB | largest worker MiB | Σ peaks "
+        "MiB | s/iteration | held-out RMSE | wall s |",
+        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in big["rows"]:
+        mx = r["matrix"]
+        head = (
+            f"| {r['multiple']} | {mx['shape'][0]:,} | {mx['nnz']:,} | "
+            f"{memory_peak._mib(mx['bytes_uncompressed'])} | "
+            f"{mx['bytes_uncompressed'] / given:.3f} | {memory_peak._mib(mx['bytes_on_disk'])} | "
+            f"{r.get('blocks', '–')} | {r['n_tasks']} | "
+        )
+        if "error" in r:
+            lines.append(head + "failed | | | | | | |")
+            continue
+        lines.append(
+            head + f"{r['tree_peak'] / MiB:,.0f} | {r['driver_peak'] / MiB:,.0f} | "
+            f"{r['worker_peak'] / MiB:,.0f} | {r['sum_of_peaks'] / MiB:,.0f} | "
+            f"{r['s_per_iter']:.2f} | {r['rmse']:.4f} | {_s(r['seconds'])} |"
+        )
+    ok = [r for r in big["rows"] if "error" not in r]
+    if len(ok) >= 2:
+        first, last = ok[0], ok[-1]
+        growth = last["matrix"]["nnz"] / first["matrix"]["nnz"]
+        lines += [
+            "",
+            f"From ×{first['multiple']} to ×{last['multiple']}: ratings ×{growth:.1f}; tree peak "
+            f"{memory_peak._growth(first, last, 'tree_peak')} (driver "
+            f"{memory_peak._growth(first, last, 'driver_peak')}, largest worker "
+            f"{memory_peak._growth(first, last, 'worker_peak')}); the largest worker's peak "
+            f"{last['worker_peak'] / limit:.2f}× its limit.",
+        ]
+    for r in big["rows"]:
+        if "error" in r:
+            tail = r["error"].strip().splitlines()[-1:] or ["no output"]
+            lines.append(f"- ×{r['multiple']} failed: {tail[0][:300]}")
+    return lines
 
 
 def plot(result: dict, out: Path) -> Path | None:

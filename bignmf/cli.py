@@ -829,7 +829,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--l1-ratio", type=RATIO, default=0.0, help="L1 share of the regularisation, in [0, 1]"
     )
-    p.add_argument("--n-inner", type=POSITIVE, help="HALS sweeps per pass over A (default: 1)")
+    p.add_argument(
+        "--n-inner",
+        type=POSITIVE,
+        help="HALS sweeps per pass over A (default: 1; 3 with --missing, --mask or --weights)",
+    )
     p.add_argument(
         "--missing",
         choices=registry.names("missing"),

@@ -136,6 +136,11 @@ def test_missing_part_scores_every_bignmf_solver_on_held_out_ratings(smoke):
     # `bignmf fit` + `bignmf score` give the in-process fit's RMSE at the same iteration
     in_process = first["rmse"][first["iters"].index(cli["iters"])]
     assert math.isclose(cli["rmse"], in_process, rel_tol=1e-4)
+    # the larger-than-memory series: every size fitted on the LocalCluster and scored
+    big = result["big"]["rows"]
+    assert len(big) >= 2
+    assert all("error" not in r and r["returncode"] == 0 and 0 < r["rmse"] < 5 for r in big)
+    assert "| × users |" in report
 
 
 @pytest.mark.parametrize(
