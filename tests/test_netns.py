@@ -244,6 +244,7 @@ def test_a_worker_cut_off_mid_fit_and_restored_changes_nothing(
     env = {} if ttl is None else {"DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL": ttl}
     bed = make_bed(env=env, nanny=nanny)
     cut: dict[str, float] = {}
+    timers: list[threading.Timer] = []
 
     def outage():
         bed.link_down("worker1")
@@ -253,9 +254,13 @@ def test_a_worker_cut_off_mid_fit_and_restored_changes_nothing(
             bed.link_up("worker1")
             cut["up"] = time.monotonic()
 
-        threading.Timer(down, restore).start()
+        timers.append(threading.Timer(down, restore))
+        timers[0].start()
 
-    timeline = Timeline(at={3: outage})
+    def restored():  # without a nanny worker2 may finish the fit alone before the link is back
+        timers[0].join()
+
+    timeline = Timeline(at={3: outage, ITERATIONS - 2: restored})
     result, W, workers = fit_on(bed, store, tmp_path / "work", callbacks=[timeline])
     assert (W.tobytes(), result.H.tobytes()) == expected
     assert "up" in cut, "the fit ended before the link came back"
