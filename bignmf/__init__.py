@@ -1,7 +1,6 @@
 """bignmf: out-of-core, distributed non-negative matrix factorization on Dask and Zarr."""
 
 from bignmf._version import __version__
-from bignmf.cluster.config import connect
 from bignmf.errors import (
     BigNMFError,
     CheckpointError,
@@ -9,6 +8,7 @@ from bignmf.errors import (
     ClusterConfigError,
     InputError,
     MissingEntriesWarning,
+    MissingExtraError,
     MissingLauncherError,
     ObjectiveIncreaseWarning,
     ParameterError,
@@ -17,25 +17,40 @@ from bignmf.errors import (
     WorkersLostError,
     WorkersPausedError,
 )
-from bignmf.fit.callbacks import Callback
-from bignmf.fit.driver import IterationInfo
-from bignmf.fit.engine import NMFResult, nmf, resume
-from bignmf.io.convert import convert
-from bignmf.store.csr import CSRStore, open_matrix, write_matrix
-from bignmf.types import Source
+
+#: Where each public name lives, imported when first asked for: ``import bignmf`` (and the
+#: command's ``--help``) need not load dask, distributed, zarr and scipy's linear algebra
+#: (1.2 s measured), and the estimator needs scikit-learn, the 'sklearn' extra.
+_LAZY = {
+    "connect": "bignmf.cluster.config",
+    "Callback": "bignmf.fit.callbacks",
+    "IterationInfo": "bignmf.fit.driver",
+    "NMFResult": "bignmf.fit.engine",
+    "nmf": "bignmf.fit.engine",
+    "resume": "bignmf.fit.engine",
+    "convert": "bignmf.io.convert",
+    "CSRStore": "bignmf.store.csr",
+    "open_matrix": "bignmf.store.csr",
+    "write_matrix": "bignmf.store.csr",
+    "Source": "bignmf.types",
+    "NMF": "bignmf.estimator",
+    "ConvergenceWarning": "bignmf.errors",  # scikit-learn's when installed
+}
 
 
 def __getattr__(name: str):
-    # the estimator needs scikit-learn (the 'sklearn' extra): imported only when asked for
-    if name == "NMF":
-        from bignmf.estimator import NMF
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bignmf' has no attribute {name!r}")
+    import importlib
 
-        return NMF
-    if name == "ConvergenceWarning":  # scikit-learn's when installed
-        from bignmf.errors import ConvergenceWarning
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # asked once
+    return value
 
-        return ConvergenceWarning
-    raise AttributeError(f"module 'bignmf' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [
@@ -50,6 +65,7 @@ __all__ = [
     "InputError",
     "IterationInfo",
     "MissingEntriesWarning",
+    "MissingExtraError",
     "MissingLauncherError",
     "NMFResult",
     "ObjectiveIncreaseWarning",

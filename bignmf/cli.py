@@ -1,5 +1,5 @@
 """Command-line interface: ``bignmf fit``, ``resume``, ``transform``, ``score``,
-``top-features``, ``convert``, ``info``, ``generate``, ``demo``.
+``top-features``, ``top-rows``, ``report``, ``convert``, ``info``, ``generate``, ``demo``.
 
 No algorithm lives here: each command parses its options and calls the library.
 """
@@ -7,6 +7,7 @@ No algorithm lives here: each command parses its options and calls the library.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -21,10 +22,10 @@ from pathlib import Path
 from bignmf import registry
 from bignmf._memory import fix_mmap_threshold
 from bignmf._version import __version__
-from bignmf.errors import BigNMFError, ParameterError, StoreExistsError
+from bignmf.errors import BigNMFError, MissingExtraError, ParameterError, StoreExistsError
 from bignmf.fit.settings import IMPLICIT_ALPHA
 from bignmf.io.vocabulary import find_vocabulary, vocabulary_path
-from bignmf.store.csr import CODECS, DEFAULT_CHUNK_SIZE, DEFAULT_CODEC
+from bignmf.store.layout import CODEC_NAMES, DEFAULT_CHUNK_SIZE, DEFAULT_CODEC
 
 
 def _human_bytes(n: float) -> str:
@@ -53,12 +54,25 @@ def _cache_size(text: str):
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+#: ``--scheduler``'s default: the memory plan chooses (:func:`bignmf.plan.choose_scheduler`).
+AUTO_SCHEDULER = "auto"
+SCHEDULER_HELP = (
+    "auto (the default: threads in this process when A decoded and W take at most a quarter "
+    "of RAM, else local; --workers means local), local (an embedded LocalCluster, one worker "
+    "process per core), threads, sync, or an address like tcp://host:8786"
+)
+
+
 def _scheduler(args: argparse.Namespace):
-    """The context manager yielding the run's scheduler: ``--cluster`` or ``--scheduler``."""
+    """The context manager yielding the run's scheduler: ``--cluster`` or ``--scheduler``;
+    None for ``auto``, which :func:`_chosen` decides once the matrix is open."""
     from bignmf.cluster.config import connect, scheduler_for
 
+    if args.cluster is None and args.scheduler == AUTO_SCHEDULER and args.workers is None:
+        return None
     if args.cluster is None:
-        return scheduler_for(args.scheduler, n_workers=args.workers)
+        spec = "local" if args.scheduler == AUTO_SCHEDULER else args.scheduler
+        return scheduler_for(spec, n_workers=args.workers)
     if args.workers is not None:
         raise BigNMFError(
             "--workers sizes the embedded LocalCluster; with --cluster, set the "
@@ -189,10 +203,13 @@ def _print_top_features(H, vocabulary: list[str] | None, n: int) -> None:
         print(f"component {c:>3}: {' '.join(names)}")
 
 
-def _finish(run_dir: Path, result, seconds: float, n_top: int) -> None:
-    """Write W, H, summary and loss curve; print what a person wants to see."""
+def _finish(run_dir: Path, result, seconds: float, n_top: int, bar=None) -> None:
+    """Write W, H, summary and loss curve; print what a person wants to see (``bar``: the
+    command's :class:`~bignmf.fit.callbacks.ProgressBar`, told of the writing)."""
     from bignmf.fit.outputs import error_over, finish_run
 
+    if bar is not None:
+        bar.phase(f"writing W, H, the summary and the loss curve into {run_dir}", "write")
     out = finish_run(run_dir, result, seconds)
     if out.plot_skipped:
         print(
@@ -236,19 +253,24 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     run = RunDir(args.out)
     run_dir = run.path
+    args.key = _layer_key(args)
     source = _source(args.input, args.key, args.block_nnz)
+    if args.write_back:  # refused before a fit whose results could not go back
+        _check_write_back(args)
+    bar = _progress(args)
     where = _scheduler(args)  # checks a --cluster file before a long conversion
     created = not run_dir.exists()
     run.check_free()  # the user's files are refused before the lock writes there
     with run.locked():  # the conversion, the fit and its outputs
         reuse = run.claim(source)  # a new or empty --out, or what a stopped attempt left
         try:
+            bar.phase(f"opening {args.input}", "open")
             store = _as_store(args.input, run_dir, args.key, args.block_nnz, reuse)
             mask = _beside_store(args.mask, run_dir, MASK_CONVERTED) if args.mask else None
             weights = _weights_arg(args.weights, run_dir)
             crash_point("fit-converted", 0)
             start = time.perf_counter()
-            result = _fit_in(where, store, run_dir, args, mask, weights)
+            result = _fit_in(where, store, run_dir, args, mask, weights, bar)
         except BaseException:
             run.release(created)  # a failed start blocks no retry (a converted input is kept)
             raise
@@ -256,8 +278,106 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             run.release(created)  # only a conversion stays, for the fit that follows
             print("\n".join(result.describe()))
             return 0
-        _finish(run_dir, result, time.perf_counter() - start, args.top)
+        _finish(run_dir, result, time.perf_counter() - start, args.top, bar)
+        if args.write_back:
+            _write_back(args, run_dir, bar)
     return 0
+
+
+def _layer_key(args: argparse.Namespace) -> str | None:
+    """``--key``, or ``layers/NAME`` for ``--layer NAME``."""
+    if args.layer is None:
+        return args.key
+    if args.key is not None:
+        raise BigNMFError("give --layer NAME or --key layers/NAME, not both")
+    return f"layers/{args.layer}"
+
+
+def _check_write_back(args: argparse.Namespace) -> None:
+    """``--write-back`` needs an AnnData input, and a matrix of its cells × genes."""
+    from bignmf.io.writeback import Elements, anndata_format
+
+    if anndata_format(args.input) is None:
+        raise BigNMFError(
+            f"--write-back: {args.input} is not an AnnData .zarr store or .h5ad file (a "
+            f"fit without --write-back leaves its results in {args.out}: W.zarr, H.zarr)"
+        )
+    if args.key is not None and args.key.strip("/") != "X" and not args.key.startswith("layers/"):
+        raise BigNMFError(
+            f"--write-back: the results of --key {args.key} have no place in obsm/varm "
+            "(only X and layers are of the store's obs x var)"
+        )
+    Elements.named(args.key_added)
+
+
+def _write_back(args: argparse.Namespace, run_dir: Path, bar) -> None:
+    """Put the finished run's W, Hᵀ and summary into the AnnData input."""
+    import bignmf.anndata
+    from bignmf.io.writeback import Elements
+
+    elements = Elements.named(args.key_added)
+    bar.phase(f"writing {elements.describe()} into {args.input}", "write")
+    layer = args.key[len("layers/") :] if args.key and args.key.startswith("layers/") else None
+    bignmf.anndata.write(args.input, run_dir, key_added=args.key_added, layer=layer)
+    print(f"written back into {args.input}: {elements.describe()}")
+
+
+def _progress(args: argparse.Namespace):
+    """The command's progress lines (silent with ``--no-progress``), from its first second."""
+    from bignmf.fit.callbacks import ProgressBar
+
+    return ProgressBar(enabled=not args.no_progress)
+
+
+def _chosen(args: argparse.Namespace, shape, nnz: int, dtype, k: int, bar):
+    """``--scheduler auto``'s scheduler for a matrix (the plan's rule), said on ``bar``."""
+    import numpy as np
+
+    from bignmf.cluster.config import scheduler_for
+    from bignmf.plan import choose_scheduler
+    from bignmf.store.factors import machine_memory_bytes
+
+    (m, n), itemsize = shape, np.dtype(dtype).itemsize
+    name, why = choose_scheduler(m, n, nnz, k, itemsize, machine_memory_bytes())
+    other = "local for a cluster" if name == "threads" else "threads to stay in this process"
+    bar.phase(f"scheduler: {name} ({why}; --scheduler {other})", "scheduler")
+    args.scheduler = name
+    return scheduler_for(name)
+
+
+def _chosen_for_run(args: argparse.Namespace, run_dir: Path, bar):
+    """``--scheduler auto``'s scheduler for a resume of ``run_dir``, from its recorded store
+    (opened, not read); threads for a run without one (its resume then says what is missing)."""
+    from bignmf.cluster.config import scheduler_for
+    from bignmf.store.csr import open_matrix
+
+    record = _record(run_dir)
+    if record.store is None:
+        args.scheduler = "threads"
+        return scheduler_for("threads")
+    store = open_matrix(*record.store)
+    return _chosen(args, store.shape, store.nnz, store.dtype, record.settings.n_components, bar)
+
+
+@contextlib.contextmanager
+def _started(where, args: argparse.Namespace, bar):
+    """Enter the scheduler's context (``_scheduler``), saying when a cluster starts or is
+    joined, and where its dashboard is."""
+    from bignmf.cluster.config import LOCAL_KINDS, dashboard
+
+    if args.cluster is not None:
+        bar.phase(f"starting the cluster of {args.cluster}", "cluster")
+    elif args.scheduler == "local":
+        workers = args.workers or os.cpu_count() or 1
+        plural = "s" if workers > 1 else ""
+        bar.phase(f"starting a local Dask cluster ({workers} worker{plural})", "cluster")
+    elif args.scheduler not in LOCAL_KINDS:
+        bar.phase(f"joining the Dask scheduler at {args.scheduler}", "cluster")
+    with where as scheduler:
+        line = dashboard(scheduler)
+        if line is not None:
+            bar.phase(line, "dashboard")
+        yield scheduler
 
 
 def _beside_store(path: str, run_dir: Path, name: str):
@@ -280,12 +400,17 @@ def _weights_arg(value: str | None, run_dir: Path):
     return _beside_store(value, run_dir, WEIGHTS_CONVERTED)
 
 
-def _fit_in(where, store, run_dir: Path, args: argparse.Namespace, mask=None, weights=None):
+def _fit_in(
+    where, store, run_dir: Path, args: argparse.Namespace, mask=None, weights=None, bar=None
+):
     """``bignmf fit``'s call of :func:`bignmf.nmf` on the chosen scheduler (its memory plan
-    with ``--plan-only``)."""
+    with ``--plan-only``), showing progress on ``bar``."""
     from bignmf.fit.engine import nmf
 
-    with where as scheduler:
+    bar = bar if bar is not None else _progress(args)
+    if where is None:
+        where = _chosen(args, store.shape, store.nnz, store.dtype, args.components, bar)
+    with _started(where, args, bar) as scheduler:
         return nmf(
             store,
             args.components,
@@ -311,7 +436,7 @@ def _fit_in(where, store, run_dir: Path, args: argparse.Namespace, mask=None, we
             n_tasks=args.n_tasks,
             cache_a=args.cache_a,
             scheduler=scheduler,
-            progress=not args.no_progress,
+            progress=bar,
             checkpoint_dir=run_dir,
             checkpoint_every=args.checkpoint_every,
             checkpoint_seconds=args.checkpoint_seconds,
@@ -333,20 +458,45 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     overrides = {name: value for name, value in overrides.items() if value is not None}
     run = RunDir(args.run_dir)
     options = RunOptions.from_record(_record(run.path).options.to_record(), **overrides)
+    if args.write_back:  # into the fit's input: refused now if it cannot go there
+        args.input, args.key = _fit_input(run)
+        args.out = run.path
+        _check_write_back(args)
+    bar = _progress(args)
     done = finished(run.path, **overrides)
     summary = read_summary(run.path) if done is not None else None
     if done is not None and summary is not None and summary.get("n_iter") == done[0]:
         # nothing to run and the outputs are written: no scheduler started, no file changed
+        # (but the AnnData input, when asked: a write-back that was stopped is done again)
         print(_already_finished(run.path, *done, options), file=sys.stderr)
+        if args.write_back:
+            with run.locked():
+                _write_back(args, run.path, bar)
         return 0
     with run.locked():  # the fit and its outputs: another resume is refused meanwhile
         start = time.perf_counter()
-        with _scheduler(args) as scheduler:
-            result = resume(
-                run.path, scheduler=scheduler, progress=not args.no_progress, **overrides
-            )
-        _finish(run.path, result, time.perf_counter() - start, args.top)
+        where = _scheduler(args)
+        if where is None:  # chosen again: the machine may have changed, the bits do not
+            where = _chosen_for_run(args, run.path, bar)
+        with _started(where, args, bar) as scheduler:
+            result = resume(run.path, scheduler=scheduler, progress=bar, **overrides)
+        _finish(run.path, result, time.perf_counter() - start, args.top, bar)
+        if args.write_back:
+            _write_back(args, run.path, bar)
     return 0
+
+
+def _fit_input(run) -> tuple[str, str | None]:
+    """The input (and ``--key``) ``bignmf fit`` was given for ``run``, still there."""
+    claim = run.fit_input()
+    if claim is None:
+        raise BigNMFError(
+            f"--write-back: {run.path} does not record the input it was fitted from (a run "
+            "started from Python: write back with bignmf.anndata.write(input, run))"
+        )
+    if not Path(claim).exists():
+        raise BigNMFError(f"--write-back: the fit's input {claim} is no longer there")
+    return claim, run.fit_key()
 
 
 def _already_finished(run_dir: Path, n_iter: int, converged: bool, options) -> str:
@@ -456,23 +606,79 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_top_features(args: argparse.Namespace) -> int:
-    from bignmf.fit.outputs import read_factor
-    from bignmf.fit.rundir import RunDir
+    from bignmf.results import top_features
 
-    run = RunDir(args.run_dir)
-    H = read_factor(run.path, "H")
-    if H is None and run.committed():  # a run started from Python: H of its newest checkpoint
-        H = run.read(run.committed()[0]).H
-    elif H is None:
-        raise BigNMFError(f"{args.run_dir} has neither H.zarr nor a checkpoint yet")
-    _show_top_features(H, _store_path(run.path), args.vocab, args.n)
+    top = top_features(args.run_dir, args.n, args.vocab)  # a stopped run: its newest checkpoint
+    if not top.named:
+        print(
+            f"no vocabulary found for {top.store or 'this run'}: printing column numbers; give "
+            f"one name per line with --vocab FILE, or as {vocabulary_path(top.store or 'A.zarr')}",
+            file=sys.stderr,
+        )
+    _print_top(top, args.format, "column", "feature")
+    return 0
+
+
+def _cmd_top_rows(args: argparse.Namespace) -> int:
+    from bignmf.results import top_rows
+
+    top = top_rows(args.run_dir, args.n)
+    if not top.named:
+        print(
+            f"no row names found for {top.store or 'this run'}: printing row numbers; names "
+            "come from <store>.titles.txt (one a line) or an AnnData store's obs_names",
+            file=sys.stderr,
+        )
+    _print_top(top, args.format, "row", "name")
+    return 0
+
+
+def _print_top(top, form: str, index: str, name: str) -> None:
+    """``top`` (a :class:`bignmf.results.Top`) as text, CSV or JSON on stdout; ``index`` and
+    ``name`` are the words for the number and the name (column/feature, row/name)."""
+    import csv
+
+    if form == "json":
+        listed = [
+            {
+                "component": c,
+                f"{index}s": [
+                    {"rank": r, index: x.index, name: x.name, "weight": x.weight}
+                    for r, x in enumerate(ranked, 1)
+                ],
+            }
+            for c, ranked in enumerate(top.components)
+        ]
+        print(json.dumps(listed, indent=1))
+    elif form == "csv":
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        out.writerow(["component", "rank", index, name, "weight"])
+        for c, ranked in enumerate(top.components):
+            out.writerows([c, r, x.index, x.name, repr(x.weight)] for r, x in enumerate(ranked, 1))
+    elif index == "column":  # the words of a topic read best on one line
+        for c, ranked in enumerate(top.components):
+            print(f"component {c:>3}: {' '.join(x.name for x in ranked)}")
+    else:  # row names (titles, cell barcodes) are long and may hold spaces: one a line
+        for c, ranked in enumerate(top.components):
+            print(f"component {c:>3}:")
+            for r, x in enumerate(ranked, 1):
+                named = f"  {x.name}" if top.named else ""
+                print(f"  {r:>3}. row {x.index}{named}  ({x.weight:.4g})")
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from bignmf.report import write_report
+
+    path = write_report(
+        args.run_dir, args.out, n_features=args.n, n_rows=args.rows, vocab=args.vocab
+    )
+    print(f"report: {path}")
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     import time
 
-    from bignmf.cluster.config import scheduler_for
     from bignmf.datasets.corpus import docstring_corpus
     from bignmf.fit.engine import nmf
     from bignmf.store.csr import open_matrix
@@ -493,17 +699,29 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     run_dir = next(out / f"run-{i}" for i in range(1, 10**6) if not (out / f"run-{i}").exists())
     print(f"fitting {args.components} topics into {run_dir} ...")
     start = time.perf_counter()
-    with scheduler_for(args.scheduler) as scheduler:
+    bar = _progress(args)
+    where = _scheduler(args)
+    if where is None:
+        where = _chosen(args, store.shape, store.nnz, store.dtype, args.components, bar)
+    with _started(where, args, bar) as scheduler:
         result = nmf(
             store,
             args.components,
             random_state=0,
             max_iter=args.max_iter,
             scheduler=scheduler,
-            progress=not args.no_progress,
+            progress=bar,
             checkpoint_dir=run_dir,
         )
-    _finish(run_dir, result, time.perf_counter() - start, 8)
+    _finish(run_dir, result, time.perf_counter() - start, 8, bar)
+    try:
+        from bignmf.report import write_report
+
+        page = write_report(run_dir)
+    except MissingExtraError as error:  # no matplotlib: the fit's outputs stand without it
+        print(f"no report page: {error}")
+    else:
+        print(f"the topics and their documents on one page: open {page}")
     return 0
 
 
@@ -625,6 +843,7 @@ COUNT = _number(int, 0)
 NON_NEGATIVE = _number(float, 0)
 SECONDS = _number(float, 0, above=True)
 RATIO = _number(float, 0, high=1)
+FORMATS = ("text", "csv", "json")  # of top-features and top-rows
 
 
 def _alpha_h(text: str):
@@ -647,9 +866,10 @@ def _add_store_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-rows", type=POSITIVE, help="fixed rows per row block instead")
     p.add_argument(
         "--codec",
-        choices=sorted(CODECS),
+        choices=sorted(CODEC_NAMES),
         default=DEFAULT_CODEC,
-        help="compression of the stored arrays",
+        help="compression of the stored arrays: "
+        + "; ".join(f"{name}: {text}" for name, text in CODEC_NAMES.items()),
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -658,9 +878,8 @@ def _add_run_options(p: argparse.ArgumentParser, resuming: bool = False) -> None
     where = p.add_mutually_exclusive_group()
     where.add_argument(
         "--scheduler",
-        default="local",
-        help="local (an embedded LocalCluster, one worker process per core), "
-        "threads, sync, or an address like tcp://host:8786",
+        default=AUTO_SCHEDULER,
+        help=SCHEDULER_HELP,
     )
     where.add_argument(
         "--cluster",
@@ -771,9 +990,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-documents", type=POSITIVE, default=20000, help="at most this many documents"
     )
     p.add_argument("--max-iter", type=POSITIVE, default=200, help="iterations at most")
-    p.add_argument("--scheduler", default="local", help="local, threads, sync or an address")
+    p.add_argument("--scheduler", default=AUTO_SCHEDULER, help=SCHEDULER_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_demo)
+    p.set_defaults(func=_cmd_demo, cluster=None, workers=None)
 
     p = command("fit", "factorize a matrix into a run directory (checkpointed)")
     p.add_argument("input", help="a store, AnnData .zarr, or any file `bignmf convert` reads")
@@ -871,6 +1090,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--key", help="matrix inside an AnnData store (default: X)")
     p.add_argument(
+        "--layer",
+        metavar="NAME",
+        help="fit the AnnData layer NAME (e.g. counts) instead of X: --key layers/NAME",
+    )
+    _add_write_back(p, "the AnnData input")
+    p.add_argument(
         "--block-nnz",
         type=POSITIVE,
         help="re-plan the row blocks to about this many nonzeros each (default: the store's plan)",
@@ -908,6 +1133,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=registry.names("stopping"),
         help=f"{STOPPING_HELP} (default: the run's)",
     )
+    _add_write_back(p, "the AnnData input the fit was given")
     _add_run_options(p, resuming=True)
     p.set_defaults(func=_cmd_resume)
 
@@ -957,7 +1183,38 @@ def build_parser() -> argparse.ArgumentParser:
         "store's var_names)",
     )
     p.add_argument("-n", type=POSITIVE, default=10, help="features per component")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="text",
+        help="text (a line per component), csv (component,rank,column,feature,weight) or "
+        "json (a list per component)",
+    )
     p.set_defaults(func=_cmd_top_features)
+
+    p = command("top-rows", "print each component's top rows (documents, cells, users)")
+    p.add_argument("run_dir", help="the run directory")
+    p.add_argument("-n", type=POSITIVE, default=10, help="rows per component")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="text",
+        help="text, csv (component,rank,row,name,weight) or json (a list per component); "
+        "names from <store>.titles.txt or AnnData obs_names, else row numbers",
+    )
+    p.set_defaults(func=_cmd_top_rows)
+
+    p = command("report", "write a self-contained HTML page of a run (extra: plots)")
+    p.add_argument("run_dir", help="the run directory (finished, or stopped: its checkpoint)")
+    p.add_argument("--out", help="the page written (default: RUN/report.html)")
+    p.add_argument("-n", type=POSITIVE, default=10, help="top features charted per component")
+    p.add_argument("--rows", type=COUNT, default=10, help="top rows listed per component (0: none)")
+    p.add_argument(
+        "--vocab",
+        help="one feature name per line (default: <store>.vocab.txt, or an AnnData "
+        "store's var_names)",
+    )
+    p.set_defaults(func=_cmd_report)
 
     p = command("generate", "write a seeded synthetic low-rank sparse matrix")
     p.add_argument("dst", help="directory of the new store")
@@ -1012,6 +1269,22 @@ def _fault(error: Exception, args: argparse.Namespace | None) -> int:
         traceback.print_exception(error, file=sys.stderr)
     print(f"bignmf {command}: error: {line}", file=sys.stderr)
     return FAULT_STATUS
+
+
+def _add_write_back(p: argparse.ArgumentParser, where: str) -> None:
+    p.add_argument(
+        "--write-back",
+        action="store_true",
+        help="when the fit is done, store W as obsm['X_nmf'], H transposed as varm['NMF'] "
+        f"and the settings and loss as uns['nmf'] in {where} (.zarr in place, .h5ad "
+        "rewritten beside and swapped in)",
+    )
+    p.add_argument(
+        "--key-added",
+        default="nmf",
+        metavar="KEY",
+        help="names --write-back uses: obsm['X_KEY'], varm['KEY' in upper case], uns['KEY']",
+    )
 
 
 def _flags(args: argparse.Namespace) -> dict[str, str]:

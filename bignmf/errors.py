@@ -73,6 +73,11 @@ class MissingLauncherError(BigNMFError, ImportError):
     """The package that launches a kind of cluster is not installed; names the extra."""
 
 
+class MissingExtraError(BigNMFError, ImportError):
+    """An optional package a feature needs is not installed; the message names the package
+    and bignmf's extra that installs it (e.g. anndata: the ``readers`` extra)."""
+
+
 class ObjectiveIncreaseWarning(RuntimeWarning):
     """The objective (loss + penalties) rose from one iteration to the next.
 

@@ -200,7 +200,7 @@ class NMF(TransformerMixin, ClassNamePrefixFeaturesOutMixin, BaseEstimator):
     ``solver='mu'``. Differences from scikit-learn: no ``shuffle``; the random initialisation
     draws from NumPy's ``Generator`` per row block, so factors differ from scikit-learn's for
     the same seed; and the stopping rule (``stopping='sklearn'`` of :func:`bignmf.nmf`,
-    :func:`bignmf.fit.driver.sklearn_decrease`):
+    :func:`bignmf.fit.stopping.sklearn_decrease`):
 
     - scikit-learn's ``solver='mu'`` checks every 10 iterations whether
       ``(e_{t-10} − e_t) / e_0 < tol``, ``e_t`` the error ``sqrt(2·D)`` of ``(W_t, H_t)`` and

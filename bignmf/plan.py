@@ -54,6 +54,9 @@ W_MEMORY_FRACTION = 0.25
 W_COPIES = 3
 #: ``cache_a='auto'``: this share of a worker's memory limit (or of RAM)
 CACHE_AUTO_FRACTION = 0.25
+#: Share of this machine's RAM that A decoded and W may take for a fit that names no scheduler
+#: to run in this process on threads (:func:`choose_scheduler`).
+IN_PROCESS_FRACTION = 0.25
 #: columns the randomized SVD of an NNDSVD initialisation adds to k (float64 sketches)
 SKETCH_OVERSAMPLES = 10
 SKETCH_ITEMSIZE = 8
@@ -173,6 +176,18 @@ def column_bounds(n: int, n_ranges: int) -> tuple[int, ...]:
     if not 1 <= n_ranges <= max(n, 1):
         raise ValueError(f"column_chunks must be between 1 and n = {n}, got {n_ranges}")
     return tuple(int(b) for b in np.linspace(0, n, n_ranges + 1).round())
+
+
+#: The initialisations by name (see :func:`bignmf.nmf`'s ``init``; computed by
+#: :mod:`bignmf.fit.init`); the registry's 'init' table, here for a ``--help`` without dask.
+INITS = {
+    "random": "sqrt(mean(A)/k)·|N(0,1)|, seeded per row block (the stored entries' mean when "
+    "entries are missing)",
+    "custom": "the W and H given",
+    "nndsvd": "NNDSVD from an out-of-core randomized SVD (zeros kept)",
+    "nndsvda": "NNDSVD with zeros filled by the mean of A",
+    "nndsvdar": "NNDSVD with zeros filled by small random values",
+}
 
 
 def default_init(
@@ -300,6 +315,33 @@ def decoded_bytes(m: int, n: int, nnz: int, itemsize: int) -> int:
     int64 for more than 2**31 - 1 columns)."""
     index = 4 if n <= 2**31 - 1 else 8
     return int(nnz) * (int(itemsize) + index) + (int(m) + 1) * index
+
+
+def choose_scheduler(m: int, n: int, nnz: int, k: int, itemsize: int, ram: int) -> tuple[str, str]:
+    """The scheduler of a fit that names none: ``'threads'`` or ``'local'``, and why.
+
+    Parameters
+    ----------
+    m, n, nnz, k, itemsize : int
+        A's shape, stored entries, the rank and bytes per value.
+    ram : int
+        This machine's RAM.
+
+    Returns
+    -------
+    (str, str)
+        ``'threads'`` (this process) when A decoded and W (:func:`w_memory_bytes`) together
+        take at most :data:`IN_PROCESS_FRACTION` of ``ram``: a fit in core, where an embedded
+        cluster would only add its start (seconds) and its per-task costs; else ``'local'``,
+        an embedded LocalCluster whose workers' memory limits bound an out-of-core fit. Either
+        gives the same bits (the fixed reduction tree), so a resume may choose again.
+    """
+    need = decoded_bytes(m, n, nnz, itemsize) + w_memory_bytes(m, k, itemsize)
+    limit = IN_PROCESS_FRACTION * ram
+    within = f"{format_bytes(limit)}, a quarter of this machine's {format_bytes(ram)}"
+    if need <= limit:
+        return "threads", f"A decoded and W take {format_bytes(need)}, within {within}: in core"
+    return "local", f"A decoded and W take {format_bytes(need)}, more than {within}"
 
 
 def format_bytes(count: float) -> str:

@@ -2,8 +2,8 @@
 
 Each kind has one table, kept beside its implementation: solvers in
 :data:`bignmf.kernels.solvers.SOLVERS`, β-divergences in
-:data:`bignmf.kernels.solvers.BETA_NAMES`, initialisations in :data:`bignmf.fit.init.INITS`,
-stopping rules in :data:`bignmf.fit.driver.STOPPING`, W's storage in
+:data:`bignmf.kernels.solvers.BETA_NAMES`, initialisations in :data:`bignmf.plan.INITS`,
+stopping rules in :data:`bignmf.fit.stopping.STOPPING`, W's storage in
 :data:`bignmf.plan.W_STORAGE`, unknown entries in :data:`bignmf.kernels.solvers.MISSING`
 (with the solvers that fit them, :data:`~bignmf.kernels.solvers.OBSERVED_SOLVERS`),
 implicit feedback's confidence functions in :data:`bignmf.store.weighted.IMPLICIT_F`. This
@@ -43,7 +43,7 @@ def table(kind: str) -> Mapping[str, Any]:
 
         return BETA_NAMES
     if kind == "init":
-        from bignmf.fit.init import INITS
+        from bignmf.plan import INITS
 
         return INITS
     if kind == "missing":
@@ -59,7 +59,7 @@ def table(kind: str) -> Mapping[str, Any]:
 
         return W_STORAGE
     if kind == "stopping":
-        from bignmf.fit.driver import STOPPING
+        from bignmf.fit.stopping import STOPPING
 
         return STOPPING
     raise KeyError(kind)

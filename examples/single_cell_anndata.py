@@ -12,16 +12,19 @@ and runs the single-cell workflow:
    expression changed by type-specific fold changes and marker genes), plus one activity
    program used by a third of the cells of every type; negative binomial noise;
 2. write an AnnData ``.zarr`` store (Zarr format 3) with ``obs["cell_type"]``;
-3. factorize its ``X`` **directly** — ``bignmf.nmf("cells.zarr", k)`` opens the CSR matrix of
-   an AnnData ``.zarr`` store without any conversion, reading it row block by row block;
-4. write the usage W into ``obsm["X_nmf"]`` and the loadings Hᵀ into ``varm["NMF_loadings"]``
-   of the same store, without rewriting ``X``;
+3. factorize its ``X`` **directly** and write the results back —
+   ``bignmf.anndata.fit("cells.zarr", k)`` opens the CSR matrix of an AnnData ``.zarr`` store
+   without any conversion, reads it row block by row block, and stores the usage W in
+   ``obsm["X_nmf"]``, the loadings Hᵀ in ``varm["NMF"]`` and the settings and loss in
+   ``uns["nmf"]`` of the same store, without rewriting ``X`` (``bignmf fit cells.zarr -k 7
+   --out run/ --write-back`` does the same from the command line);
 5. reload the AnnData object, save a ``.h5ad`` copy, and show how well the usage recovers the
    cell types (adjusted Rand index, a confusion table) and the activity program.
 
 Needs anndata and scikit-learn (for the adjusted Rand index): ``pip install
-'bignmf-dask[readers,sklearn]'``. An ``.h5ad`` file is converted first: ``bignmf convert cells.h5ad
-cells.zarr`` (or ``bignmf fit cells.h5ad ...``, which converts it into the run directory).
+'bignmf-dask[readers,sklearn]'``. An ``.h5ad`` file works the same way
+(``bignmf.anndata.fit("cells.h5ad", k)``): it is converted into a temporary store for the fit
+and rewritten with the results beside itself, then swapped in.
 
 Run it::
 
@@ -44,10 +47,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-import zarr
 from sklearn.metrics import adjusted_rand_score
 
 import bignmf
+import bignmf.anndata
 from bignmf.cluster.config import scheduler_for
 
 SMALL = {"cells": 5_000, "genes": 4_000}
@@ -142,7 +145,10 @@ def write_store(adata: ad.AnnData, path: Path) -> None:
 
 
 def factorize(path: Path, k: int, scheduler: str):
-    """NMF of the AnnData store's X, read in place."""
+    """NMF of the AnnData store's X, read in place; W, Hᵀ and a summary written back into it.
+
+    Only the new elements are written: X is left as it is, however large.
+    """
     store = bignmf.open_matrix(path)  # a handle on X of the AnnData store: shape, blocks...
     m, n = store.shape
     print(f"{path}: X is {m:,} cells x {n:,} genes, {store.nnz:,} nonzeros "
@@ -150,38 +156,17 @@ def factorize(path: Path, k: int, scheduler: str):
     start = time.perf_counter()
     with scheduler_for(scheduler) as where:
         # On a distributed scheduler W's blocks are kept on disk: here, beside the store.
-        result = bignmf.nmf(path, k, random_state=0, max_iter=300, scheduler=where,
-                            workdir=path.parent)  # fmt: skip
+        result = bignmf.anndata.fit(path, k, random_state=0, max_iter=300, scheduler=where,
+                                    workdir=path.parent)  # fmt: skip
     relative = result.reconstruction_err / np.sqrt(store.frobenius_sq)
     print(f"NMF with k = {k}: {result.n_iter} iterations in {time.perf_counter() - start:.1f}s, "
           f"relative error {relative:.3f}")  # fmt: skip
     return result
 
 
-def write_results(path: Path, result) -> None:
-    """Add obsm["X_nmf"] (W), varm["NMF_loadings"] (Hᵀ) and uns["nmf"] to the store in place.
-
-    Only the new elements are written: X is left as it is, however large.
-    """
-    W = np.asarray(result.W)  # cells × k: NumPy when kept in memory, else a Dask array read here
-    # anndata edits no group opened through consolidated metadata (it would go stale): open
-    # the store from its own metadata, and consolidate again at the end.
-    group = zarr.open_group(path, mode="r+", use_consolidated=False)
-    with ad.settings.override(zarr_write_format=3, auto_shard_zarr_v3=False):
-        ad.io.write_elem(group["obsm"], "X_nmf", W)
-        ad.io.write_elem(group["varm"], "NMF_loadings", np.ascontiguousarray(result.H.T))
-        ad.io.write_elem(group["uns"], "nmf", {
-            "n_components": result.H.shape[0], "n_iter": result.n_iter,
-            "reconstruction_err": result.reconstruction_err,
-        })  # fmt: skip
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
-        zarr.consolidate_metadata(path)
-
-
 def usage_fractions(adata: ad.AnnData) -> np.ndarray:
     """Each cell's share of counts explained by each program: W·diag(sum of H's rows)."""
-    totals = adata.varm["NMF_loadings"].sum(axis=0)  # each program's total over the genes
+    totals = adata.varm["NMF"].sum(axis=0)  # each program's total over the genes
     usage = adata.obsm["X_nmf"] * totals
     return usage / np.maximum(usage.sum(axis=1, keepdims=True), np.finfo(float).tiny)
 
@@ -217,12 +202,12 @@ def main(argv: list[str] | None = None) -> int:
           f"activity program...")  # fmt: skip
     write_store(generate_counts(n_cells, n_genes), path)
 
-    result = factorize(path, N_TYPES + 1, args.scheduler)
-    write_results(path, result)
+    factorize(path, N_TYPES + 1, args.scheduler)
 
     adata = ad.read_zarr(path)  # reloaded: the results are part of the AnnData object now
     print(f"reloaded {path}: obsm['X_nmf'] {adata.obsm['X_nmf'].shape}, "
-          f"varm['NMF_loadings'] {adata.varm['NMF_loadings'].shape}")  # fmt: skip
+          f"varm['NMF'] {adata.varm['NMF'].shape}, uns['nmf']: {adata.uns['nmf']['n_iter']} "
+          "iterations")  # fmt: skip
     adata.write_h5ad(out / "cells_nmf.h5ad")
     print(f"saved {out / 'cells_nmf.h5ad'}")
     report_recovery(adata)

@@ -112,3 +112,21 @@ def dask_client(dask_cluster):
 
     with Client(dask_cluster, timeout=60) as client:
         yield client
+
+
+def stopped_fit(store, k: int, run_dir, stop_after: int, **kwargs) -> None:
+    """A checkpointed fit on threads stopped (by an exception, as a kill would leave it)
+    after iteration ``stop_after``: its run directory holds checkpoints and no outputs."""
+    import bignmf
+
+    class Stop(Exception):
+        pass
+
+    def stop(info):
+        if info.iteration == stop_after:
+            raise Stop
+
+    with pytest.raises(Stop):
+        bignmf.nmf(
+            store, k, tol=0, scheduler="threads", checkpoint_dir=run_dir, callback=stop, **kwargs
+        )

@@ -87,9 +87,9 @@ def test_single_cell_anndata(tmp_path):
     for adata in (ad.read_zarr(out / "cells.zarr"), ad.read_h5ad(out / "cells_nmf.h5ad")):
         assert adata.shape == (1500, 1200)
         assert adata.obsm["X_nmf"].shape == (1500, k)
-        assert adata.varm["NMF_loadings"].shape == (1200, k)
+        assert adata.varm["NMF"].shape == (1200, k)
         assert (adata.obsm["X_nmf"] >= 0).all()
-        assert adata.uns["nmf"]["n_components"] == k
+        assert adata.uns["nmf"]["params"]["n_components"] == k
         assert list(adata.obs["cell_type"].cat.categories) == [f"type_{t}" for t in range(6)]
 
 

@@ -15,6 +15,7 @@ from bignmf.plan import (
     blocks_per_task,
     cache_budget,
     choose_column_chunks,
+    choose_scheduler,
     choose_w_storage,
     column_bounds,
     fused_task_bytes,
@@ -394,3 +395,20 @@ def test_missing_entries_count_every_column_gram_and_keep_one_pass():
     assert "within 512 MiB" in k20.columns_why
     with pytest.raises(ValueError, match="column_chunks > 1 cannot be used with missing"):
         _local(missing="zeros", column_chunks=2)
+
+
+def test_choose_scheduler_keeps_a_fit_in_core_in_this_process():
+    # the tf-idf corpus of issue 15: 744k x 37k, 4.8M nonzeros, k = 30, float32
+    name, why = choose_scheduler(744_000, 37_000, 4_800_000, 30, 4, 24 * GiB)
+    need = 4_800_000 * 8 + 744_001 * 4 + 3 * 744_000 * 30 * 4
+    assert name == "threads"
+    within = "within 6 GiB, a quarter of this machine's 24 GiB: in core"
+    assert why == f"A decoded and W take {plan.format_bytes(need)}, {within}"
+    # the same matrix on a machine of 1 GiB: a cluster whose memory limits bound it
+    name, why = choose_scheduler(744_000, 37_000, 4_800_000, 30, 4, GiB)
+    assert name == "local"
+    assert why.endswith("more than 256 MiB, a quarter of this machine's 1 GiB")
+    # the boundary: exactly a quarter is still in core
+    need = 100 * 12 + 11 * 4 + 3 * 10 * 2 * 8
+    assert choose_scheduler(10, 5, 100, 2, 8, 4 * need)[0] == "threads"
+    assert choose_scheduler(10, 5, 100, 2, 8, 4 * need - 1)[0] == "local"

@@ -23,3 +23,10 @@ def _ruff(*args: str) -> subprocess.CompletedProcess:
 def test_ruff(args):
     result = _ruff(*args)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_codec_name_has_its_compressor():
+    from bignmf.store.csr import CODECS
+    from bignmf.store.layout import CODEC_NAMES
+
+    assert CODECS.keys() == CODEC_NAMES.keys()

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import difflib
 import importlib
+import importlib.util
 import os
 import shlex
 from collections.abc import Callable, Iterator, Mapping
@@ -1174,6 +1175,43 @@ def scheduler_for(
         yield client
 
 
+def dashboard(client: Any) -> str | None:
+    """One line about the Dask dashboard of a cluster started or joined: its address when its
+    scheduler can serve it, else how to get one; None for ``threads``/``sync`` (no cluster).
+
+    Parameters
+    ----------
+    client : distributed.Client or str
+        What :func:`scheduler_for` or :func:`connect` yields.
+
+    Returns
+    -------
+    str or None
+
+    Notes
+    -----
+    The dashboard's pages need bokeh (the ``dashboard`` extra) where the scheduler runs:
+    without it the scheduler's HTTP server answers but ``/status`` does not exist, so its
+    link would be a dead one. Whether bokeh is there is asked of the scheduler itself (for a
+    joined one it may differ from here); the link is the one distributed reports — for the
+    clusters bignmf starts, on 127.0.0.1 (:data:`DASHBOARD_ADDRESS`).
+    """
+    link = getattr(client, "dashboard_link", None)
+    if isinstance(client, str) or client is None or not link:
+        return None
+    try:
+        # a lambda is sent by value: the scheduler need not have bignmf installed
+        served = client.run_on_scheduler(lambda: importlib.util.find_spec("bokeh") is not None)
+    except Exception:  # an older or restricted scheduler: show the link, unchecked
+        served = True
+    if not served:
+        return (
+            "no Dask dashboard: it needs bokeh where the scheduler runs "
+            "(pip install 'bignmf-dask[dashboard]')"
+        )
+    return f"Dask dashboard: {link}"
+
+
 __all__ = [
     "DASHBOARD_ADDRESS",
     "KINDS",
@@ -1193,6 +1231,7 @@ __all__ = [
     "TLSOptions",
     "VolumeOptions",
     "connect",
+    "dashboard",
     "job_script",
     "kubernetes_spec",
     "load_config",

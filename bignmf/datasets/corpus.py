@@ -48,7 +48,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from bignmf.errors import InputError, StoreExistsError
-from bignmf.io.vocabulary import load_vocabulary, vocabulary_path
+from bignmf.io.vocabulary import load_vocabulary, titles_path, vocabulary_path
 from bignmf.types import Source
 
 if TYPE_CHECKING:
@@ -645,23 +645,6 @@ def _write_lines(path: Path, lines: Iterable[str]) -> None:
 # --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
-
-
-def titles_path(dst: str | os.PathLike) -> Path:
-    """Where :func:`docstring_corpus` writes the document names of the store ``dst``.
-
-    Parameters
-    ----------
-    dst : str or path-like
-        The store.
-
-    Returns
-    -------
-    pathlib.Path
-        ``<dst>.titles.txt``, beside the store (``docs.zarr`` gives ``docs.zarr.titles.txt``).
-    """
-    dst = Path(dst)
-    return dst.with_name(dst.name + ".titles.txt")
 
 
 def docstring_documents(

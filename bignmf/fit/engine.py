@@ -28,15 +28,24 @@ from bignmf.fit.callbacks import (
     FunctionCallback,
     LogIterations,
     MetricsFile,
+    Phase,
     ProgressBar,
 )
 from bignmf.fit.coverage import count_entries, warn_about
-from bignmf.fit.driver import FitState, IterationInfo, get_stopping, rounding, run
+from bignmf.fit.driver import FitState, IterationInfo, rounding, run
 from bignmf.fit.graph import Pass, placement
-from bignmf.fit.init import InitSpec, check_custom, custom_init, nndsvd_init, random_init
+from bignmf.fit.init import (
+    InitSpec,
+    check_custom,
+    custom_init,
+    nndsvd_init,
+    nndsvd_passes,
+    random_init,
+)
 from bignmf.fit.predict import predict as predict_entries
 from bignmf.fit.rundir import WORK_W, CheckpointError, RunDir, crc32
 from bignmf.fit.settings import IMPLICIT_ALPHA, FitSettings, RunOptions, RunRecord
+from bignmf.fit.stopping import get_stopping
 from bignmf.kernels.solvers import MASK, SolverParams, get_solver
 from bignmf.store import blockcache
 from bignmf.store.csr import CSRStore, open_matrix
@@ -70,6 +79,17 @@ class NMFResult:
         The objective minimised after each iteration: the loss plus the penalties of
         ``alpha_W``/``alpha_H`` (equal to ``loss_history`` without them); the stopping rule
         reads it.
+    settings : dict
+        What the fit ran with: the settings that fix its iterates (``n_components``,
+        ``solver``, ``beta_loss`` as β, ``init`` resolved, ``seed`` drawn if none was given,
+        the penalties...; :meth:`~bignmf.fit.settings.FitSettings.to_record`) and ``max_iter``,
+        ``tol``, ``stopping``.
+    relative_error : float or None
+        ``reconstruction_err / ‖A‖_F`` over the entries the fit saw (Frobenius loss; None
+        for other losses).
+    plan : list of str
+        The memory plan this fit (or this resume: it plans again) ran with, one line per
+        decision (:meth:`bignmf.plan.Plan.describe`); ``summary.json`` and the report show it.
     """
 
     W: Any
@@ -80,6 +100,9 @@ class NMFResult:
     converged: bool = False
     run_dir: str | None = None
     objective_history: list[float] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+    relative_error: float | None = None
+    plan: list[str] = field(default_factory=list)
 
     def predict(self, rows, cols) -> np.ndarray:
         """The fitted value ``(W·H)[rows[p], cols[p]]`` of each (row, column) pair, what a fit
@@ -165,7 +188,7 @@ def nmf(
         scikit-learn's multiplicative-update rule — every 10 iterations, stop when
         ``sqrt(2·objective)`` fell by less than ``tol`` times its value after the first
         iteration (scikit-learn: of the initial factors) since the last check; what
-        :class:`bignmf.NMF` uses (see :func:`bignmf.fit.driver.sklearn_decrease`). Under either
+        :class:`bignmf.NMF` uses (see :func:`bignmf.fit.stopping.sklearn_decrease`). Under either
         rule a rise of the objective is not convergence: the fit goes on, with an
         :class:`~bignmf.ObjectiveIncreaseWarning`.
     max_iter : int
@@ -249,8 +272,12 @@ def nmf(
     callbacks : sequence, optional
         Objects with ``on_start``, ``on_iteration`` and ``on_end``
         (:class:`bignmf.Callback`; subclass it for no-op hooks).
-    progress : bool
-        Show a progress bar on stderr (only when it is a terminal).
+    progress : bool or ProgressBar
+        Show progress on stderr: a line as each phase begins (initialisation and its passes
+        over A, the iterations), then a bar on a terminal or a line every 10 iterations or
+        10 seconds elsewhere, with an ETA only when ``tol`` is 0
+        (:class:`~bignmf.fit.callbacks.ProgressBar`; give one to share its clock and stream
+        with what a front end showed before the fit).
     checkpoint_dir : path, optional
         Start a run directory here: ``run.json``, ``metrics.jsonl`` and checkpoints (the last
         two kept), from which :func:`nmf` with ``resume=`` continues. Must not hold a run.
@@ -329,7 +356,7 @@ def nmf(
     checked = _checked(matrix, settings, options, (W, H), resume)
     if plan_only:
         return memory
-    observers = _callbacks(callback, callbacks, progress)
+    observers = _callbacks(callback, callbacks, progress, options)
     return _start(
         matrix,
         settings,
@@ -496,15 +523,27 @@ class _Job:
     callbacks: list
 
 
-def _callbacks(callback, callbacks, progress: bool) -> list:
-    """The loop's observers: the user's, then progress and logging."""
+def _callbacks(callback, callbacks, progress, options: RunOptions) -> list:
+    """The loop's observers: the user's, then progress (told the stopping rule, which its ETA
+    depends on) and logging."""
     found = list(callbacks)
     if callback is not None:
         found.append(FunctionCallback(callback))
     if progress:
-        found.append(ProgressBar())
+        bar = progress if isinstance(progress, ProgressBar) else ProgressBar()
+        bar.rule(options.tol, options.stopping)
+        found.append(bar)
     found.append(LogIterations())
     return found
+
+
+def announce(observers, name: str, text: str) -> None:
+    """Tell every observer with an ``on_phase`` hook that a phase begins."""
+    phase = Phase(name, text)
+    for observer in observers:
+        hook = getattr(observer, "on_phase", None)
+        if hook is not None:
+            hook(phase)
 
 
 def _run_callbacks(run_dir: RunDir | None, options: RunOptions) -> list:
@@ -549,26 +588,38 @@ def _fit(job: _Job) -> NMFResult:
         # one BLAS thread here too: on a cluster the driver's H update otherwise competes with
         # the workers for cores (measured 0.01 s quiet, 0.06-0.23 s under load)
         with threadpool_limits(limits=1), placement(runner.workers):
-            restored = run_dir.load(lambda ckpt: state.restore_w(ckpt)) if job.resumed else None
+            restored = None
+            if job.resumed:
+                announce(
+                    job.callbacks, "restore", f"restoring the newest checkpoint of {run_dir.path}"
+                )
+                restored = run_dir.load(lambda ckpt: state.restore_w(ckpt))
             if restored is None:
                 if settings.missing == "zeros":  # off a mask, every row sees most columns
                     found = count_entries(reads, job.plan.groups, runner, k)
                     warn_about(found, job.params.l2_W, job.params.l2_H)
-                _initialize(state, settings, *job.initial)
+                _initialize(state, settings, *job.initial, job.callbacks)
             run(state, options.max_iter, options.tol, job.callbacks, options.stopping)
     finally:
         if reads is not matrix:
             runner.everywhere(blockcache.drop, matrix.path, matrix.key)
     final = state.final_loss()
+    error = float(np.sqrt(2 * max(final, 0.0)))
+    norm_sq = matrix.frobenius_sq
+    relative = error / float(np.sqrt(norm_sq)) if settings.beta_loss == 2 and norm_sq else None
+    stopping = {"max_iter": options.max_iter, "tol": options.tol, "stopping": options.stopping}
     return NMFResult(
         _collect_w(state),
         state.H,
         list(state.history),
-        float(np.sqrt(2 * max(final, 0.0))),
+        error,
         state.iteration,
         state.converged,
         str(run_dir.path) if run_dir else None,
         list(state.objective_history),
+        {**settings.to_record(), **stopping},
+        relative,
+        job.memory.describe(),
     )
 
 
@@ -643,8 +694,9 @@ def versions() -> dict:
     return found
 
 
-def _initialize(state: FitState, settings: FitSettings, W, H) -> None:
-    """Initial W blocks (persisted or written to buffer 0) and H."""
+def _initialize(state: FitState, settings: FitSettings, W, H, observers=()) -> None:
+    """Initial W blocks (persisted or written to buffer 0) and H; ``observers`` are told of
+    the phase and of each pass over A."""
     matrix, groups = state.matrix, state.plan.groups
     spec = InitSpec(
         settings.n_components,
@@ -655,12 +707,28 @@ def _initialize(state: FitState, settings: FitSettings, W, H) -> None:
     )
     init = settings.init
     if init == "custom":
+        announce(observers, "init", "initialising W and H: the W and H given")
         w_groups, state.H = custom_init(matrix, groups, spec, W, H, state.w_store)
     elif init == "random":
+        announce(observers, "init", "initialising W and H: random")
         w_groups, state.H = random_init(matrix, groups, spec, state.w_store)
     else:
+        passes = nndsvd_passes(settings.n_components, *matrix.shape)
+        text = f"initialising W and H: {init}, from a randomized SVD ({passes} passes over A)"
+        announce(observers, "init", text)
+
+        def on_pass(done: int) -> None:
+            announce(observers, "init-pass", f"initialisation: pass {done}/{passes} over A")
+
         w_groups, state.H = nndsvd_init(
-            matrix, groups, spec, init, state.runner, state.w_store, state.two_passes
+            matrix,
+            groups,
+            spec,
+            init,
+            state.runner,
+            state.w_store,
+            state.two_passes,
+            on_pass=on_pass,
         )
     if state.w_store is None:
         state.w_groups = list(state.runner.persist(*w_groups))
@@ -773,7 +841,7 @@ def resume(
     given = {name: overrides.pop(name) for name in OBSERVERS if name in overrides}
     options = RunOptions.from_record(record.options.to_record(), **_parsed(overrides))
     observers = _callbacks(
-        given.get("callback"), given.get("callbacks", ()), given.get("progress", False)
+        given.get("callback"), given.get("callbacks", ()), given.get("progress", False), options
     )
     options = _with_tasks(options)
     settings = record.settings

@@ -20,15 +20,6 @@ import numpy as np
 from bignmf.fit.graph import WIO, block_pass
 from bignmf.kernels.products import accumulate_at_w
 
-#: The initialisations by name (see :func:`bignmf.nmf`'s ``init``).
-INITS = {
-    "random": "sqrt(mean(A)/k)·|N(0,1)|, seeded per row block (the stored entries' mean when "
-    "entries are missing)",
-    "custom": "the W and H given",
-    "nndsvd": "NNDSVD from an out-of-core randomized SVD (zeros kept)",
-    "nndsvda": "NNDSVD with zeros filled by the mean of A",
-    "nndsvdar": "NNDSVD with zeros filled by small random values",
-}
 EPS = np.finfo(np.float32).eps
 
 
@@ -178,23 +169,45 @@ def _sketch(matrix, groups, Z: np.ndarray, runner, ranges) -> tuple[dict, WIO | 
     return {"G": parts[0]["G"], "AtY": np.concatenate([p["AtY"] for p in parts])}, Y
 
 
+def power_iterations(k: int, m: int, n: int) -> int:
+    """scikit-learn's ``randomized_svd`` default of power iterations for rank ``k``."""
+    return 7 if k < 0.1 * min(m, n) else 4
+
+
+def nndsvd_passes(k: int, m: int, n: int) -> int:
+    """Passes over A of the NNDSVD initialisation: one per sketch (the power iterations and
+    the last one), one for the left singular vectors (read from A, or from the sketch)."""
+    return power_iterations(k, m, n) + 2
+
+
 def randomized_range(
-    matrix, groups, k: int, seed: int, runner, n_oversamples=10, n_iter=None, ranges=None
+    matrix,
+    groups,
+    k: int,
+    seed: int,
+    runner,
+    n_oversamples=10,
+    n_iter=None,
+    ranges=None,
+    on_pass=None,
 ):
     """Sketch ``Z`` and orthonormaliser ``M`` with ``Q = A·Z·M`` spanning A's top singular space.
 
     Returns ``(Z, M, B, Y)`` where ``B = QᵀA`` (l×n) and ``Y`` says where the blocks of ``A·Z``
     were kept (None: not kept). Each of the ``n_iter + 1`` passes reads A once, or twice per
-    column range when ``ranges`` (a :class:`~bignmf.fit.columns.TwoPasses`) cuts Z into ranges.
+    column range when ``ranges`` (a :class:`~bignmf.fit.columns.TwoPasses`) cuts Z into ranges;
+    ``on_pass(i)``, when given, is called before pass ``i`` (from 1).
     """
     m, n = matrix.shape
     if k > min(m, n):  # the sketch would have fewer than k columns: k would drop silently
         raise ValueError(f"the randomized SVD of a {m} × {n} matrix has no {k} vectors")
     l = min(k + n_oversamples, m, n)  # noqa: E741 - Halko et al.'s name
-    if n_iter is None:  # scikit-learn's randomized_svd default
-        n_iter = 7 if k < 0.1 * min(m, n) else 4
+    if n_iter is None:
+        n_iter = power_iterations(k, m, n)
     Z = np.random.default_rng([seed, 2]).standard_normal((n, l))
     for step in range(n_iter + 1):
+        if on_pass is not None:
+            on_pass(step + 1)
         sums, Y = _sketch(matrix, groups, Z, runner, ranges)
         M = _orthonormalizer(sums["G"])
         AtQ = sums["AtY"] @ M  # = Aᵀ·Q, Q = Y·M orthonormal
@@ -252,18 +265,23 @@ def _nndsvd_step(A_i, U_i, i, cols: NNDSVDColumns, spec: InitSpec, work):
     return None, W.astype(spec.dtype)
 
 
-def nndsvd_init(matrix, groups, spec: InitSpec, variant: str, runner, w_store=None, ranges=None):
+def nndsvd_init(
+    matrix, groups, spec: InitSpec, variant: str, runner, w_store=None, ranges=None, on_pass=None
+):
     """NNDSVD ('nndsvd'), zeros filled with mean(A) ('nndsvda') or small noise ('nndsvdar').
 
     Follows scikit-learn's ``_initialize_nmf`` on the out-of-core randomized SVD: W's column
     ``j`` is the positive or negative part of ``u_j`` (whichever carries more of
     ``σ_j·u_j·v_jᵀ``) scaled, H's row likewise from ``v_j``. With ``ranges`` (a
     :class:`~bignmf.fit.columns.TwoPasses`, for very wide matrices) the n×l sketches are cut into
-    its column ranges like H in the iterations.
+    its column ranges like H in the iterations. ``on_pass(i)`` is called before each of the
+    :func:`nndsvd_passes` passes (``i`` from 1).
     """
     m, n = matrix.shape
     k = spec.k
-    Z, M, B, Y = randomized_range(matrix, groups, k, spec.seed, runner, ranges=ranges)
+    Z, M, B, Y = randomized_range(
+        matrix, groups, k, spec.seed, runner, ranges=ranges, on_pass=on_pass
+    )
     Ub, S, Vt = np.linalg.svd(B, full_matrices=False)
     Ub, S, Vt = Ub[:, :k], S[:k], Vt[:k]
     P = M @ Ub  # U = A·Z·P; signs need no flipping: NNDSVD is invariant to (u, v) -> (-u, -v)
@@ -272,6 +290,8 @@ def nndsvd_init(matrix, groups, spec: InitSpec, variant: str, runner, w_store=No
         step, args, reads_a = _left_vectors_step, (z, P, spec.dtype), True
     else:
         step, args, reads_a = _left_vectors_from_y_step, (Y, P, spec.dtype), False
+    if on_pass is not None:
+        on_pass(nndsvd_passes(k, m, n))
     u_groups, total = block_pass(
         matrix, groups, step, args, None, WIO(w_store, None, 1), reads_a=reads_a
     )

@@ -139,6 +139,7 @@ def finish_run(run_dir: str | os.PathLike, result: Any, seconds: float) -> RunOu
         "loss_plot": str(png) if png else None,
         "settings": record.settings.to_record(),
         "matrix": record.matrix,
+        "plan": list(getattr(result, "plan", [])),  # the last start's: a resume plans again
     }
     path = write_summary(run.path, summary)
     return RunOutputs(w_path, h_path, path, run.metrics_path, png, skipped, rel)

@@ -16,6 +16,7 @@ Layout of a run directory::
       AHt-buffers.zarr/   A·Hᵀ between the two passes of a column-range fit
       W.zarr/, H.zarr/    the finished run's factors
       loss.png            the loss curve (with matplotlib)
+      report.html         `bignmf report`'s page (written on demand)
       summary.json        the finished run's summary, written last
       .bignmf-fit.json    `bignmf fit`'s claim: the input it converts (written before run.json)
       A.zarr/             that input converted, when it was not a store (+ A.zarr.vocab.txt)
@@ -61,6 +62,7 @@ W_FILE = "W.zarr"  # the finished run's factors, as people read them
 H_FILE = "H.zarr"
 SUMMARY = "summary.json"  # written last: its presence says the outputs are complete
 LOSS_PLOT = "loss.png"
+REPORT = "report.html"  # `bignmf report`'s default page
 
 
 def buffers_name(name: str) -> str:
@@ -263,6 +265,17 @@ class RunDir:
             return json.loads((self.path / CLAIM).read_text())
         except (OSError, ValueError):
             return None
+
+    def fit_input(self) -> str | None:
+        """The input ``bignmf fit`` was given (as its claim records it), or None: for a file
+        it converted into :data:`CONVERTED`, where the row names (AnnData ``obs_names``) are."""
+        claim = self._claim()
+        return claim.get("input") if isinstance(claim, dict) else None
+
+    def fit_key(self) -> str | None:
+        """The ``--key`` (matrix inside an AnnData input) ``bignmf fit`` was given, or None."""
+        claim = self._claim()
+        return claim.get("key") if isinstance(claim, dict) else None
 
     # -- writing checkpoints
     def save(
@@ -476,6 +489,11 @@ class RunDir:
     def loss_plot_path(self) -> Path:
         """``loss.png``."""
         return self.path / LOSS_PLOT
+
+    @property
+    def report_path(self) -> Path:
+        """``report.html``."""
+        return self.path / REPORT
 
     def truncate_metrics(self, iteration: int) -> None:
         """Drop metric lines past ``iteration`` (they are redone after a resume)."""

@@ -47,7 +47,7 @@ class FitSettings:
     beta_loss : float
         The β of the divergence (names resolved through :data:`bignmf.registry.BETA_LOSSES`).
     init : str
-        A name of :data:`bignmf.registry.INITS`, ``None`` resolved as scikit-learn does.
+        A name of :data:`bignmf.plan.INITS`, ``None`` resolved as scikit-learn does.
     seed : int or None
         The random state of the initialisation (None when only compared on resume).
     alpha_W, alpha_H, l1_ratio : float (alpha_H may be ``'same'``)

@@ -9,8 +9,6 @@ columns that currently share a passive set are solved together with one ``k x k`
 from __future__ import annotations
 
 import numpy as np
-from scipy.linalg import solve_triangular
-from scipy.optimize import nnls as _scipy_nnls
 
 __all__ = ["nnls_bpp"]
 
@@ -149,6 +147,11 @@ def nnls_bpp(
     info["n_iter"] = n_iter
     if act.size:
         info["n_fallback"] = int(act.size)
+        # imported here, on the rare fallback: scipy.linalg and scipy.optimize take ~0.6 s to
+        # load, which every command (and `bignmf --help`) would pay through bignmf.kernels
+        from scipy.linalg import solve_triangular
+        from scipy.optimize import nnls as _scipy_nnls
+
         rhs = solve_triangular(L, Bl[act].T, lower=True, check_finite=False)
         for idx, row in enumerate(act):
             X[row] = _scipy_nnls(L.T, rhs[:, idx])[0]

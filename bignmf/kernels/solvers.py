@@ -220,9 +220,11 @@ class SolverParams:
     batch_elements : int, default 2**21
         Element budget of the batch temporaries (gathers for ``W·H`` at nonzeros, dense row
         batches of ``W·H`` for MU with β ∉ {1, 2}); bounds kernel memory, not results.
-    missing : {None, 'zeros'}, default None
+    missing : {None, 'zeros', 'mask'}, default None
         Which entries are unknown (see :data:`MISSING`): None, none (the plain fit);
-        ``'zeros'``, every entry that is not stored (:mod:`bignmf.kernels.observed`).
+        ``'zeros'``, every entry that is not stored (:mod:`bignmf.kernels.observed`);
+        ``'mask'`` (:data:`MASK`), a fit given ``mask=``: the mask's entries, every other
+        seen. Entry weights ride on the blocks, not here (:mod:`bignmf.store.weighted`).
     """
 
     beta_loss: float = 2.0

@@ -64,6 +64,7 @@ from zarr.buffer.cpu import NDBuffer
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from bignmf.errors import InputError, StoreExistsError, StoreFormatError
+from bignmf.store.layout import DEFAULT_CHUNK_SIZE, DEFAULT_CODEC
 from bignmf.store.raw import DirectChunkReader, chunk_checksums
 from bignmf.store.raw import layout as chunk_layout
 from bignmf.store.validate import (
@@ -76,12 +77,11 @@ from bignmf.store.validate import (
 from bignmf.types import Source
 
 FORMAT_VERSION = 1
-DEFAULT_CHUNK_SIZE = 2**20
 INDPTR_CHUNK_DIVISOR = 16  # a block's indptr is its rows, far fewer than its nonzeros
 DEFAULT_BLOCK_CHUNKS = 4
-DEFAULT_CODEC = "lz4"
 _WRITE_CHUNKS = 4  # chunks buffered per write so zarr compresses several at once
 
+#: The compressors of :data:`~bignmf.store.layout.CODEC_NAMES`, made when a store is written.
 CODECS: dict[str, Callable[[], tuple]] = {
     "lz4": lambda: (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),),
     "zstd": lambda: (ZstdCodec(level=0),),

@@ -22,9 +22,9 @@ import bignmf
 from bignmf import write_matrix
 from bignmf.errors import ObjectiveIncreaseWarning, ParameterError
 from bignmf.fit.callbacks import Callback
-from bignmf.fit.driver import STOPPING, relative_decrease, sklearn_decrease
 from bignmf.fit.outputs import read_metrics
 from bignmf.fit.rundir import CheckpointError, CheckpointWarning, RunDir
+from bignmf.fit.stopping import STOPPING, relative_decrease, sklearn_decrease
 from bignmf.kernels.solvers import regularization
 from bignmf.types import Source
 
