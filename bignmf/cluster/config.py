@@ -45,29 +45,6 @@ WORKER_ENV = {
     "OPENBLAS_NUM_THREADS": "1",
 }
 
-#: glibc keeps freed heap memory resident up to ``MALLOC_TRIM_THRESHOLD_``: on a worker whose
-#: memory limit is small against the 256 MiB above, that freed memory alone reaches distributed's
-#: pause threshold (80% of the limit). Two workers of 384 MiB peaked at 282-324 MiB fitting 112M
-#: ratings, and one run paused for good; the thresholds are capped at these shares of the limit.
-TRIM_SHARE, MMAP_SHARE = 1 / 8, 1 / 16
-
-
-def worker_env(env: dict[str, str], memory_limit: int | None) -> dict[str, str]:
-    """``env`` with bignmf's malloc thresholds capped at :data:`TRIM_SHARE` and
-    :data:`MMAP_SHARE` of each worker's ``memory_limit`` in bytes (None: no limit, no cap);
-    thresholds the user set otherwise are left as they are."""
-    if not memory_limit:
-        return dict(env)
-    capped = dict(env)
-    for name, share in (
-        ("MALLOC_TRIM_THRESHOLD_", TRIM_SHARE),
-        ("MALLOC_MMAP_THRESHOLD_", MMAP_SHARE),
-    ):
-        if capped.get(name) == WORKER_ENV[name]:
-            capped[name] = str(min(int(WORKER_ENV[name]), int(memory_limit * share)))
-    return capped
-
-
 DASHBOARD_ADDRESS = "127.0.0.1:8787"
 """Where the scheduler of a ``slurm``, ``pbs`` or ``ssh`` cluster serves its dashboard unless
 ``scheduler_options`` says otherwise: its host's loopback interface, out of reach of the other
@@ -911,11 +888,9 @@ def _start_local(config: ClusterConfig) -> Iterator[Any]:
 
     options = config.options
     security = make_security(options.security, config.source)
-    n_workers = options.workers or os.cpu_count() or 1
-    env = worker_env(options.env, _local_limit(options.memory_limit, n_workers))
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": options.env}):
         cluster = LocalCluster(
-            n_workers=n_workers,
+            n_workers=options.workers or os.cpu_count() or 1,
             threads_per_worker=options.threads,
             processes=True,
             host="127.0.0.1",
@@ -927,21 +902,6 @@ def _start_local(config: ClusterConfig) -> Iterator[Any]:
     with cluster, Client(cluster) as client:
         _wait(client, len(cluster.workers), 60)
         yield client
-
-
-def _local_limit(memory_limit: str | int | float | None, n_workers: int) -> int | None:
-    """Bytes of each embedded worker's memory limit, as LocalCluster will set it."""
-    from dask.utils import parse_bytes
-
-    from bignmf.store.factors import machine_memory_bytes
-
-    if memory_limit is None or memory_limit == 0:
-        return None
-    if memory_limit == "auto":
-        return machine_memory_bytes() // n_workers
-    if isinstance(memory_limit, float) and memory_limit <= 1:
-        return int(memory_limit * machine_memory_bytes())
-    return int(parse_bytes(memory_limit)) if isinstance(memory_limit, str) else int(memory_limit)
 
 
 @contextlib.contextmanager

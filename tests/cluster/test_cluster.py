@@ -38,7 +38,6 @@ from bignmf.cluster.config import (
     job_script,
     kubernetes_spec,
     load_config,
-    worker_env,
 )
 
 CONFIGS = Path(__file__).resolve().parents[2] / "cluster_configs"
@@ -283,20 +282,6 @@ def test_kubernetes_resource():
     assert scheduler["volumeMounts"] == container["volumeMounts"]
 
 
-def test_worker_env_caps_the_malloc_thresholds_at_shares_of_the_limit():
-    """With 256 MiB of freed heap kept resident, a 384 MiB worker reaches distributed's pause
-    threshold (307 MiB) on freed memory: the thresholds follow the limit, up to bignmf's."""
-    MiB = 2**20
-    small = worker_env(WORKER_ENV, 384 * MiB)
-    assert small["MALLOC_TRIM_THRESHOLD_"] == str(48 * MiB)
-    assert small["MALLOC_MMAP_THRESHOLD_"] == str(24 * MiB)
-    assert worker_env(WORKER_ENV, 64 * 2**30) == WORKER_ENV  # large workers: as before
-    assert worker_env(WORKER_ENV, None) == WORKER_ENV  # no limit: nothing to cap against
-    mine = {**WORKER_ENV, "MALLOC_TRIM_THRESHOLD_": "1000"}  # a user's own value stays
-    assert worker_env(mine, 384 * MiB)["MALLOC_TRIM_THRESHOLD_"] == "1000"
-    assert "MALLOC_MMAP_THRESHOLD_" not in worker_env({"OMP_NUM_THREADS": "1"}, 384 * MiB)
-
-
 # ---------------------------------------------------------------------------------------------
 # local and address: real clusters.
 
@@ -308,10 +293,8 @@ def test_local_yaml_equals_threads_bitwise(tmp_path, store, reference):
     with bignmf.connect(path) as client:
         assert list(client.nthreads().values()) == [1, 1]
         env = client.run(lambda: {k: os.environ.get(k) for k in [*WORKER_ENV, "BIGNMF_TEST"]})
-        # the trim threshold capped at an eighth of the 1 GiB limit, the mmap one is 1/16
-        capped = {**WORKER_ENV, "MALLOC_TRIM_THRESHOLD_": str(2**27), "BIGNMF_TEST": "yes"}
-        for seen in env.values():
-            assert seen == capped
+        for worker_env in env.values():
+            assert worker_env == {**WORKER_ENV, "BIGNMF_TEST": "yes"}
         assert_same_bits(fit(store, client), reference)
         cluster = client.cluster
     assert client.status == "closed"
