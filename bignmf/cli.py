@@ -23,7 +23,7 @@ from bignmf import registry
 from bignmf._memory import fix_mmap_threshold
 from bignmf._version import __version__
 from bignmf.errors import BigNMFError, MissingExtraError, ParameterError, StoreExistsError
-from bignmf.fit.settings import IMPLICIT_ALPHA
+from bignmf.fit.settings import AUTO_CHECKPOINTS, IMPLICIT_ALPHA
 from bignmf.io.vocabulary import find_vocabulary, vocabulary_path
 from bignmf.store.layout import CODEC_NAMES, DEFAULT_CHUNK_SIZE, DEFAULT_CODEC
 
@@ -846,6 +846,17 @@ RATIO = _number(float, 0, high=1)
 FORMATS = ("text", "csv", "json")  # of top-features and top-rows
 
 
+def _every(text: str):
+    if text == AUTO_CHECKPOINTS:
+        return text
+    try:
+        return POSITIVE(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer >= 1 or {AUTO_CHECKPOINTS}, got {text!r}"
+        ) from None
+
+
 def _alpha_h(text: str):
     return text if text == "same" else NON_NEGATIVE(text)
 
@@ -909,9 +920,10 @@ def _add_run_options(p: argparse.ArgumentParser, resuming: bool = False) -> None
     run_s = " (default: the run's)" if resuming else ""
     p.add_argument(
         "--checkpoint-every",
-        type=POSITIVE,
-        default=None if resuming else 10,
-        help=f"iterations between checkpoints{run_s}",
+        type=_every,
+        default=None if resuming else AUTO_CHECKPOINTS,
+        help="iterations between checkpoints, or auto: every 10, fewer where checkpoints would "
+        f"take more than 5%% of the fit's time{run_s}",
     )
     p.add_argument(
         "--checkpoint-seconds",

@@ -6,7 +6,7 @@ Each kind has one table, kept beside its implementation: solvers in
 stopping rules in :data:`bignmf.fit.stopping.STOPPING`, W's storage in
 :data:`bignmf.plan.W_STORAGE`, unknown entries in :data:`bignmf.kernels.solvers.MISSING`
 (with the solvers that fit them, :data:`~bignmf.kernels.solvers.OBSERVED_SOLVERS`),
-implicit feedback's confidence functions in :data:`bignmf.store.weighted.IMPLICIT_F`. This
+implicit feedback's confidence functions in :data:`bignmf.kernels.observed.IMPLICIT_F`. This
 module is the one door to them:
 the CLI's choices and help, the estimator's parameter constraints, the checks of
 :class:`~bignmf.fit.settings.FitSettings` and the error messages all come from here, so a name
@@ -51,7 +51,7 @@ def table(kind: str) -> Mapping[str, Any]:
 
         return MISSING
     if kind == "implicit_f":
-        from bignmf.store.weighted import IMPLICIT_F
+        from bignmf.kernels.observed import IMPLICIT_F
 
         return IMPLICIT_F
     if kind == "w_storage":

@@ -140,9 +140,10 @@ class FitState:
         new_w, total = iteration(
             self.matrix, self.plan, HState.of(self.H), self.w_groups, self.w_store, self.iteration
         )
-        if new_w is not None:
-            *self.w_groups, total = self.runner.persist(*new_w, total)
-        return self.runner.compute(total)[0]
+        if new_w is None:
+            return self.runner.compute(total)[0]
+        self.w_groups, acc = self.runner.persist_and_compute(*new_w, total)
+        return acc
 
     def _two_passes(self) -> dict:
         Ht, HHt = prepare_h(self.H, self.H.dtype)

@@ -44,7 +44,13 @@ from bignmf.fit.init import (
 )
 from bignmf.fit.predict import predict as predict_entries
 from bignmf.fit.rundir import WORK_W, CheckpointError, RunDir, crc32
-from bignmf.fit.settings import IMPLICIT_ALPHA, FitSettings, RunOptions, RunRecord
+from bignmf.fit.settings import (
+    AUTO_CHECKPOINTS,
+    IMPLICIT_ALPHA,
+    FitSettings,
+    RunOptions,
+    RunRecord,
+)
 from bignmf.fit.stopping import get_stopping
 from bignmf.kernels.solvers import MASK, SolverParams, get_solver
 from bignmf.store import blockcache
@@ -153,7 +159,7 @@ def nmf(
     callbacks: tuple = (),
     progress: bool = False,
     checkpoint_dir: str | os.PathLike | None = None,
-    checkpoint_every: int | None = 10,
+    checkpoint_every: int | str | None = AUTO_CHECKPOINTS,
     checkpoint_seconds: float | None = 600.0,
     resume: str | os.PathLike | None = None,
     plan_only: bool = False,
@@ -281,9 +287,11 @@ def nmf(
     checkpoint_dir : path, optional
         Start a run directory here: ``run.json``, ``metrics.jsonl`` and checkpoints (the last
         two kept), from which :func:`nmf` with ``resume=`` continues. Must not hold a run.
-    checkpoint_every, checkpoint_seconds : int, float, optional
-        Checkpoint every so many iterations and/or seconds (default 10 iterations or 10
-        minutes, whichever comes first), and always at the end.
+    checkpoint_every, checkpoint_seconds : int or 'auto', float, optional
+        Checkpoint every so many iterations and/or seconds, and always at the end. The
+        default, ``'auto'`` and 10 minutes: every 10 iterations, postponed while checkpoints
+        would take more than 5% of the fit's time (on a small matrix, where an iteration costs
+        less than a checkpoint), and at least every 10 minutes.
     resume : path, optional
         Continue the run in this directory from its newest intact checkpoint. A, the
         settings that fix the iterates and the row blocking must be those it was started with;

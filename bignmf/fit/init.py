@@ -296,10 +296,9 @@ def nndsvd_init(
         matrix, groups, step, args, None, WIO(w_store, None, 1), reads_a=reads_a
     )
     if w_store is None:  # keep U's blocks for the next pass instead of recomputing them
-        *u_groups, total = runner.persist(*u_groups, total)
+        u_groups, norms = runner.persist_and_compute(*u_groups, total)
     else:  # U went to buffer 1 when the pass ran; the next pass reads it from there
-        u_groups = None
-    (norms,) = runner.compute(total)
+        u_groups, (norms,) = None, runner.compute(total)
     u_pos, u_neg = np.sqrt(norms["pos"]), np.sqrt(norms["neg"])
     v_pos = np.linalg.norm(np.maximum(Vt, 0), axis=1)
     v_neg = np.linalg.norm(np.minimum(Vt, 0), axis=1)

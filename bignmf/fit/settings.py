@@ -33,6 +33,9 @@ MISSING_SWEEPS = 3
 #: Implicit feedback's default α: Hu, Koren & Volinsky's (their f linear; Spark's ALS
 #: defaults to 1.0).
 IMPLICIT_ALPHA = 40.0
+#: ``checkpoint_every``'s default: every 10 iterations, or fewer where checkpoints would take
+#: more than 5% of the fit's time (:class:`bignmf.fit.callbacks.Checkpointer`).
+AUTO_CHECKPOINTS = "auto"
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ class FitSettings:
     implicit_alpha : float or None
         Implicit feedback's α (with ``weights='implicit'``).
     implicit_f : str or None
-        Implicit feedback's f, a name of :data:`bignmf.store.weighted.IMPLICIT_F`.
+        Implicit feedback's f, a name of :data:`bignmf.kernels.observed.IMPLICIT_F`.
     """
 
     n_components: int
@@ -204,14 +207,16 @@ def check_implicit(weights: Any, missing: str | None, alpha: Any, f: Any) -> dic
     return {"implicit_alpha": float(alpha), "implicit_f": f}
 
 
-def _at_least(bound: float, *, strict: bool = False, none: bool = False):
+def _at_least(bound: float, *, strict: bool = False, none: bool = False, auto: str = ""):
     def ok(value) -> bool:
         if value is None:
             return none
+        if isinstance(value, str):
+            return bool(auto) and value == auto
         return bool(np.isfinite(value)) and (value > bound if strict else value >= bound)
 
     words = f"> {bound:g}" if strict else f">= {bound:g}"
-    return ok, words + (" or None" if none else "")
+    return ok, words + (f", {auto!r}" if auto else "") + (" or None" if none else "")
 
 
 def _power_of_two(value) -> bool:
@@ -235,7 +240,7 @@ class RunOptions:
     w_storage : {'auto', 'memory', 'zarr'}
     block_nnz : int or None
         The row blocking of an in-memory input (a resume must block A the same way).
-    checkpoint_every : int or None
+    checkpoint_every : int, 'auto' or None
     checkpoint_seconds : float or None
     cache_a : int or None
         Bytes of decoded blocks each process keeps (None: off).
@@ -251,7 +256,7 @@ class RunOptions:
     stopping: str = "relative"
     w_storage: str = "auto"
     block_nnz: int | None = None
-    checkpoint_every: int | None = 10
+    checkpoint_every: int | str | None = AUTO_CHECKPOINTS
     checkpoint_seconds: float | None = 600.0
     cache_a: int | None = None
     scheduler: Any = None
@@ -275,7 +280,7 @@ class RunOptions:
         "max_iter": _at_least(0),
         "tol": _at_least(0),
         "n_tasks": _at_least(1, none=True),
-        "checkpoint_every": _at_least(1, none=True),
+        "checkpoint_every": _at_least(1, none=True, auto=AUTO_CHECKPOINTS),
         "checkpoint_seconds": _at_least(0, strict=True, none=True),
     }
 

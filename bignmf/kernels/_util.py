@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, MutableMapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 #: scikit-learn's ``EPSILON`` in ``sklearn/decomposition/_nmf.py`` (float32 machine epsilon),
 #: used as the floor of ``W·H`` and of zero denominators in the multiplicative updates.
@@ -32,7 +35,9 @@ def factor_dtype(A: sp.spmatrix | sp.sparray | np.ndarray) -> np.dtype:
 
 def as_csr(A: sp.spmatrix | sp.sparray) -> sp.csr_matrix | sp.csr_array:
     """Return ``A`` as CSR whose ``data`` has exactly ``nnz`` entries (no copy if it already is)."""
-    if not sp.issparse(A):
+    from scipy.sparse import issparse  # not at import: the CLI's help loads the kernels
+
+    if not issparse(A):
         raise TypeError(f"expected a scipy.sparse matrix, got {type(A).__name__}")
     if A.format != "csr":
         A = A.tocsr()

@@ -36,16 +36,22 @@ Never imports Dask or Zarr.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import scipy.sparse as sp
 
 from bignmf.kernels import products
 from bignmf.kernels._util import DEFAULT_BATCH_ELEMENTS, as_csr
 
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+
 __all__ = [
     "GATHER_ENTRIES",
+    "IMPLICIT_F",
     "a_ht_packed",
     "cd_rows",
+    "confidence",
     "observed_loss",
     "packed",
     "packed_outer",
@@ -62,6 +68,34 @@ OUTER_BATCH_ROWS = 2048
 #: Stored entries gathered at once to evaluate W·H at them (two buffers of this many × k
 #: values): the default batch of 2**21 values per buffer cost 16 MB a thread in float32.
 GATHER_ENTRIES = 1 << 16
+
+
+#: The functions f of implicit feedback's confidence ``1 + α·f(a)``, by name.
+IMPLICIT_F = {
+    "linear": "f(a) = a: confidence grows with the count (Hu, Koren & Volinsky's first form)",
+    "log": "f(a) = log(1 + a): confidence grows with the count's order of magnitude",
+}
+
+
+def confidence(values: np.ndarray, alpha: float, f: str) -> np.ndarray:
+    """Implicit feedback's confidence ``1 + α·f(a)`` of stored values a, float64.
+
+    Parameters
+    ----------
+    values : ndarray
+        Stored values of A (non-negative).
+    alpha : float
+        α >= 0.
+    f : {'linear', 'log'}
+        See :data:`IMPLICIT_F`.
+
+    Returns
+    -------
+    ndarray
+    """
+    a = np.asarray(values, dtype=np.float64)
+    grown = a if f == "linear" else np.log1p(a)
+    return 1.0 + alpha * grown
 
 
 def packed_size(k: int) -> int:
@@ -102,15 +136,23 @@ def packed(G: np.ndarray) -> np.ndarray:
     return np.asarray(G, dtype=np.float64)[np.triu_indices(G.shape[0])]
 
 
+def _csr(*args, **options) -> sp.csr_matrix:
+    """A plain ``csr_matrix`` (not a block's subclass); SciPy is imported here, where a block
+    has loaded it already, not with this module (the CLI's help imports the solver tables)."""
+    from scipy.sparse import csr_matrix
+
+    return csr_matrix(*args, **options)
+
+
 def pattern(A_i) -> sp.csr_matrix:
     """The block's sparsity pattern as a float64 CSR matrix of ones (shares A_i's indices)."""
     A_i = as_csr(A_i)
     ones = np.ones(A_i.indptr[-1], dtype=np.float64)
-    return sp.csr_matrix((ones, A_i.indices, A_i.indptr), shape=A_i.shape)
+    return _csr((ones, A_i.indices, A_i.indptr), shape=A_i.shape)
 
 
 def _with_data(A_i, data: np.ndarray) -> sp.csr_matrix:
-    return sp.csr_matrix((data, A_i.indices, A_i.indptr), shape=A_i.shape, copy=False)
+    return _csr((data, A_i.indices, A_i.indptr), shape=A_i.shape, copy=False)
 
 
 def targets_and_weights(A_i) -> tuple[sp.csr_matrix, sp.csr_matrix]:
@@ -162,7 +204,7 @@ def targets_and_deltas(A_i) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     if weights is not None:
         targets = (weights * A_i.data).astype(A_i.dtype)
         return _with_data(A_i, targets), _with_data(A_i, weights - 1.0)
-    return A_i, sp.csr_matrix(A_i.shape, dtype=np.float64)
+    return A_i, _csr(A_i.shape, dtype=np.float64)
 
 
 def row_systems(

@@ -13,17 +13,14 @@ instead (same summation order, one extra temporary).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from bignmf.kernels._util import DEFAULT_BATCH_ELEMENTS, as_csr, row_batches
 
-try:  # private but stable since SciPy 0.14; only used as a faster path with a fallback
-    from scipy.sparse import _sparsetools
-except ImportError:  # pragma: no cover - depends on the SciPy build
-    _sparsetools = None
-
 #: Set to False to force the public-API fallback (used by the tests).
-USE_SPARSETOOLS = _sparsetools is not None
+USE_SPARSETOOLS = True
 
 __all__ = [
     "a_ht",
@@ -74,15 +71,27 @@ def a_ht(A_i, Ht: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         out.fill(0)
     data = A_i.data if A_i.dtype == dtype else A_i.data.astype(dtype)
     if _direct_ok(data, Ht, out):
-        _sparsetools.csr_matvecs(m, n, k, A_i.indptr, A_i.indices, data, Ht.ravel(), out.ravel())
+        _sparsetools().csr_matvecs(m, n, k, A_i.indptr, A_i.indices, data, Ht.ravel(), out.ravel())
     else:
         out[...] = A_i @ Ht
     return out
 
 
+@functools.cache
+def _sparsetools():
+    """SciPy's compiled sparse kernels, or None; imported on first use, when a sparse block
+    has already loaded ``scipy.sparse`` (importing this module must not: ``bignmf --help``)."""
+    try:  # private but stable since SciPy 0.14; only used as a faster path with a fallback
+        from scipy.sparse import _sparsetools
+    except ImportError:  # pragma: no cover - depends on the SciPy build
+        return None
+    return _sparsetools
+
+
 def _direct_ok(data: np.ndarray, dense: np.ndarray, out: np.ndarray) -> bool:
     return (
         USE_SPARSETOOLS
+        and _sparsetools() is not None
         and data.dtype == dense.dtype == out.dtype
         and dense.flags.c_contiguous
         and out.flags.c_contiguous
@@ -124,7 +133,7 @@ def accumulate_at_w(A_i, W_i: np.ndarray, out: np.ndarray) -> np.ndarray:
     W_i = np.asarray(W_i, dtype=out.dtype, order="C")
     data = A_i.data if A_i.dtype == out.dtype else A_i.data.astype(out.dtype)
     if _direct_ok(data, W_i, out):
-        _sparsetools.csc_matvecs(n, m, k, A_i.indptr, A_i.indices, data, W_i.ravel(), out.ravel())
+        _sparsetools().csc_matvecs(n, m, k, A_i.indptr, A_i.indices, data, W_i.ravel(), out.ravel())
     else:
         out += A_i.T @ W_i
     return out

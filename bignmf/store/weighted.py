@@ -7,7 +7,7 @@ and weight 1 (``zeros_seen``) or is unknown (weight 0, ``missing="zeros"``). The
 
 * **implicit feedback** (Hu, Koren & Volinsky, 2008): a stored value a (a count, a play time)
   says the user likes the item (target 1) with confidence ``c = 1 + α·f(a)``; the zeros are
-  "not liked" with confidence 1 (:data:`IMPLICIT_F` names f);
+  "not liked" with confidence 1 (:data:`bignmf.kernels.observed.IMPLICIT_F` names f);
 * **given**: a matrix of A's shape and sparsity pattern whose values are the weights of A's
   stored entries, the targets being A's values.
 
@@ -29,23 +29,16 @@ import numpy as np
 import scipy.sparse as sp
 
 from bignmf.errors import InputError, ParameterError
+from bignmf.kernels.observed import confidence
 from bignmf.store.masked import matrix_token, rows_of
 from bignmf.store.matrix import as_block_matrix
 
 __all__ = [
-    "IMPLICIT_F",
     "WeightedBlock",
     "WeightedMatrix",
-    "confidence",
     "weights_kind",
     "with_weights",
 ]
-
-#: The functions f of implicit feedback's confidence ``1 + α·f(a)``, by name.
-IMPLICIT_F = {
-    "linear": "f(a) = a: confidence grows with the count (Hu, Koren & Volinsky's first form)",
-    "log": "f(a) = log(1 + a): confidence grows with the count's order of magnitude",
-}
 
 
 class WeightedBlock(sp.csr_matrix):
@@ -53,27 +46,6 @@ class WeightedBlock(sp.csr_matrix):
     (float64, aligned with ``data``)."""
 
     weights: np.ndarray
-
-
-def confidence(values: np.ndarray, alpha: float, f: str) -> np.ndarray:
-    """Implicit feedback's confidence ``1 + α·f(a)`` of stored values a, float64.
-
-    Parameters
-    ----------
-    values : ndarray
-        Stored values of A (non-negative).
-    alpha : float
-        α >= 0.
-    f : {'linear', 'log'}
-        See :data:`IMPLICIT_F`.
-
-    Returns
-    -------
-    ndarray
-    """
-    a = np.asarray(values, dtype=np.float64)
-    grown = a if f == "linear" else np.log1p(a)
-    return 1.0 + alpha * grown
 
 
 class WeightedMatrix:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import types
 import warnings
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import zarr
 
 import bignmf
 from bignmf.datasets.synthetic import make_planted
+from bignmf.fit import callbacks
 from bignmf.fit.outputs import read_metrics
 from bignmf.fit.rundir import CheckpointError, CheckpointWarning, RunDir
 
@@ -40,6 +43,68 @@ def same(a, b):
     assert np.asarray(a.W).tobytes() == np.asarray(b.W).tobytes()
     assert a.H.tobytes() == b.H.tobytes()
     assert a.loss_history == b.loss_history
+
+
+class _Clock:
+    """Time that passes only when told: iterations and checkpoints of a chosen cost."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self):
+        return self.now
+
+
+def _checkpoints(monkeypatch, every, iteration_s, checkpoint_s, n=200):
+    """The iterations a Checkpointer commits at, and the share of the time they took."""
+    clock = _Clock()
+    monkeypatch.setattr(callbacks, "time", clock)
+    saved = []
+
+    class Run:
+        path = "run"
+
+        def save(self, iteration, *args, **kwargs):
+            saved.append(iteration)
+            clock.now += checkpoint_s
+
+    state = types.SimpleNamespace(iteration=0, history=[], H=None, save_w=None,
+                                  objective_history=[], final_loss=lambda: 0.0)  # fmt: skip
+    checkpointer = callbacks.Checkpointer(Run(), every, seconds=600.0)
+    checkpointer.on_start(state, n)
+    for _ in range(n):
+        state.iteration += 1
+        clock.now += iteration_s
+        checkpointer.on_iteration(state, None)
+    return saved, len(saved) * checkpoint_s / clock.now
+
+
+def test_auto_checkpoints_take_a_small_share_of_the_time(monkeypatch):
+    """'auto': every 10 iterations while a checkpoint is cheap against them; postponed while
+    checkpoints would take more than 5% of the time (a small matrix: 50 ms iterations, 145 ms
+    checkpoints, where every 10 took 22%). A number is a number."""
+    saved, share = _checkpoints(monkeypatch, "auto", iteration_s=1.0, checkpoint_s=0.1)
+    assert saved == list(range(10, 201, 10))
+    saved, share = _checkpoints(monkeypatch, "auto", iteration_s=0.05, checkpoint_s=0.145)
+    assert saved[0] == 10
+    assert 4 <= len(saved) <= 6
+    assert share < 0.06  # 5% but for the first, at 10 iterations, before its cost is known
+    assert min(b - a for a, b in itertools.pairwise(saved)) >= 55  # 19 checkpoints' time apart
+    saved, share = _checkpoints(monkeypatch, 10, iteration_s=0.05, checkpoint_s=0.145)
+    assert saved == list(range(10, 201, 10))
+    assert share > 0.2
+    saved, _ = _checkpoints(monkeypatch, "auto", iteration_s=100.0, checkpoint_s=1.0, n=30)
+    assert saved == list(range(6, 31, 6))  # every 600 s first, whatever the count
+
+
+def test_default_checkpoints_are_auto_and_resume_keeps_them(tmp_path, store):
+    bignmf.nmf(store, K, checkpoint_dir=tmp_path / "run", init="random", random_state=5, tol=0,
+               max_iter=3, scheduler="sync")  # fmt: skip
+    record = RunDir(tmp_path / "run").record()
+    assert record["options"]["checkpoint_every"] == "auto"
+    resumed = bignmf.nmf(store, K, resume=tmp_path / "run", max_iter=5)
+    assert len(resumed.loss_history) == 5
+    same(resumed, fit(store, max_iter=5))
 
 
 @pytest.mark.parametrize("w_storage", ["memory", "zarr"])
