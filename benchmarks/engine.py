@@ -124,27 +124,43 @@ def ensure_store(args: argparse.Namespace):
     return store, seconds
 
 
+def planted_npz(path: Path, rows: int, cols: int, k: int, **kwargs) -> Path:
+    """A planted matrix (:func:`planted_source`) as an uncompressed ``.npz``, written once.
+
+    Parameters
+    ----------
+    path : Path
+        The cache file; kept when it exists, else written beside and renamed into place.
+    rows, cols, k : int
+        Shape and planted rank.
+    **kwargs
+        Passed to :func:`planted_source` (``nnz_per_row``, ``seed``, ``dtype``...).
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    if path.exists():
+        return path
+    source = planted_source(rows, cols, k, **kwargs)
+    A = sp.vstack(list(source.blocks()), format="csr")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial.npz")
+    sp.save_npz(partial, A, compressed=False)  # uncompressed: loads at disk speed
+    partial.replace(path)
+    return path
+
+
 def text_matrix(args: argparse.Namespace) -> sp.csr_matrix:
     """The text-like matrix of part (b), in memory (cached as .npz in ``--workdir``)."""
     rows, cols, z = args.sk_rows, args.sk_cols, args.sk_nnz_per_row
     path = Path(args.workdir) / (
         f"engine_text_{rows}x{cols}_k{args.k}_z{z:g}_zipf{args.sk_zipf:g}_s{args.seed}.npz"
     )
-    if path.exists():
-        return sp.load_npz(path).tocsr()
-    source = planted_source(
-        rows,
-        cols,
-        args.k,
-        nnz_per_row=z,
-        zipf_exponent=args.sk_zipf,
-        seed=args.seed + 1,
-        dtype="float32",
-    )
-    A = sp.vstack(list(source.blocks()), format="csr")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sp.save_npz(path, A, compressed=False)
-    return A
+    options = {"nnz_per_row": z, "zipf_exponent": args.sk_zipf, "seed": args.seed + 1}
+    planted_npz(path, rows, cols, args.k, dtype="float32", **options)
+    return sp.load_npz(path).tocsr()
 
 
 def initial_factors(m: int, n: int, k: int, value_sum: float, seed: int, dtype=np.float32):

@@ -127,8 +127,19 @@ class TreeSampler:
                 self.names.setdefault(process.pid, " ".join(process.cmdline()[1:4]))
         self.tree_peak = max(self.tree_peak, total)
 
+    def kill(self) -> None:
+        """Kill the root process and its descendants (children first: none is left orphaned)."""
+        import psutil
 
-def run_sampled(cmd: list[str], interval: float = 0.05, env: dict | None = None) -> dict:
+        with contextlib.suppress(psutil.Error):
+            for process in [*self.root.children(recursive=True), self.root]:
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
+
+
+def run_sampled(
+    cmd: list[str], interval: float = 0.05, env: dict | None = None, timeout: float | None = None
+) -> dict:
     """Run ``cmd``, sampling its process tree until it exits.
 
     Parameters
@@ -141,6 +152,8 @@ def run_sampled(cmd: list[str], interval: float = 0.05, env: dict | None = None)
         Seconds between samples.
     env : dict, optional
         The environment (default: this one's).
+    timeout : float, optional
+        Seconds after which the command and its descendants are killed (default: none).
 
     Returns
     -------
@@ -148,7 +161,8 @@ def run_sampled(cmd: list[str], interval: float = 0.05, env: dict | None = None)
         ``returncode``, ``seconds``, ``tree_peak`` (largest sampled sum of the tree's RSS),
         ``sum_of_peaks`` (each process's own peak, summed: an upper bound of the tree's),
         ``driver_peak`` (the command's process), ``worker_peak`` (the largest descendant's),
-        ``processes`` (how many the tree had), ``output`` (its last 4,000 characters).
+        ``processes`` (how many the tree had), ``output`` (its last 4,000 characters),
+        ``timed_out`` (killed after ``timeout`` seconds).
     """
     with tempfile.TemporaryDirectory() as scratch:
         peak_file = Path(scratch, "peak")
@@ -157,8 +171,14 @@ def run_sampled(cmd: list[str], interval: float = 0.05, env: dict | None = None)
             start = time.perf_counter()
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
             sampler = TreeSampler(proc.pid, interval)
+            timed_out = False
             while proc.poll() is None:
                 sampler.sample()
+                if timeout is not None and time.perf_counter() - start > timeout:
+                    timed_out = True
+                    sampler.kill()
+                    proc.wait()
+                    break
                 time.sleep(interval)
             seconds = time.perf_counter() - start
             log.seek(0)
@@ -176,6 +196,7 @@ def run_sampled(cmd: list[str], interval: float = 0.05, env: dict | None = None)
         "worker_peak": max(children, default=0),
         "processes": 1 + len(children),
         "output": output[-4000:],
+        "timed_out": timed_out,
     }
 
 

@@ -21,10 +21,15 @@ Parts (``--parts``, all by default), each the function of its own script:
     Fits on the observed entries only (planted ratings): held-out RMSE against wall time for
     bignmf ``missing="zeros"`` (hals, mu) and Spark ALS, Surprise ``NMF`` and RcppML, whichever
     are installed; time to the best peer's RMSE (``missing.py``).
+``sizes``
+    Time to scikit-learn's best loss, s/iteration and peak RSS against matrix size (10^5 to
+    10^8 nonzeros, three shapes): ``bignmf fit``, ``bignmf.nmf``, scikit-learn cd and mu and
+    RcppML, each in its own process, and a plain SciPy loop's s/iteration (``sizes.py``).
 
-Profiles: the default (full) uses each script's own defaults (tens of minutes); ``--quick``
-their ``--quick`` settings (under 5 minutes on 2 cores, and ~4 more for ``missing``, whose
-peers are slow); ``--smoke`` tiny matrices (well under a minute: it checks the plumbing, its
+Profiles: the default (full) uses each script's own defaults (tens of minutes, and hours for
+``sizes``, whose largest matrices have 10^8 nonzeros); ``--quick`` their ``--quick`` settings
+(under 5 minutes on 2 cores, ~4 more for ``missing``, whose peers are slow, and ~5 for
+``sizes``); ``--smoke`` tiny matrices (well under a minute: it checks the plumbing, its
 figures mean nothing).
 
     python -m benchmarks --quick                 # report in benchmarks/_out/report-quick.md
@@ -62,9 +67,10 @@ import engine
 import memory_peak
 import missing
 import scaling
+import sizes
 
 HERE = Path(__file__).resolve().parent
-PARTS = ("roofline", "sklearn", "memory", "scaling", "checkpoint", "missing")
+PARTS = ("roofline", "sklearn", "memory", "scaling", "checkpoint", "missing", "sizes")
 PROFILES = ("full", "quick", "smoke")
 VERSIONED = ("numpy", "scipy", "dask", "distributed", "zarr", "numcodecs", "scikit-learn",
              "matplotlib", "psutil")  # fmt: skip
@@ -103,6 +109,16 @@ MISSING_ARGV = {
               "--peers", "surprise,rcppml", "--peer-iters", "1,2", "--peer-budget", "5",
               "--rss-iters", "2"],
 }  # fmt: skip
+
+# smoke: one shape, two sizes (each method's process start is most of a second)
+SIZES_ARGV = {
+    "full": [],
+    "quick": ["--quick"],
+    "smoke": [
+        *("--sizes", "4000,16000", "--shapes", "medium", "--cols", "2000", "-k", "4"),
+        *("--iters", "5", "--loop-iters", "3", "--budget", "30"),
+    ],
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,6 +193,13 @@ def missing_part(ctx: argparse.Namespace) -> tuple:
     return missing.markdown(result), result, [missing.plot(result, ctx.out)]
 
 
+def sizes_part(ctx: argparse.Namespace) -> tuple:
+    """Time to scikit-learn's best loss against matrix size, every method (``sizes.run``)."""
+    result = sizes.run(sizes.parse_args([*SIZES_ARGV[ctx.profile], *_dirs(ctx)]))
+    checked_in = HERE / "sizes.png" if ctx.profile != "smoke" else None
+    return sizes.markdown(result), result, [sizes.plot(result, ctx.out, checked_in)]
+
+
 def _dirs(ctx: argparse.Namespace) -> list[str]:
     return ["--workdir", str(ctx.workdir), "--out", str(ctx.out)]
 
@@ -203,6 +226,7 @@ TITLES = {
     "scaling": "Scaling: workers and nonzeros",
     "checkpoint": "Checkpoint and resume overhead",
     "missing": "Missing entries: held-out RMSE against wall time, against Spark, Surprise, RcppML",
+    "sizes": "Sizes: time to scikit-learn's best loss from 10^5 to 10^8 nonzeros",
 }
 
 
@@ -307,6 +331,7 @@ def run_parts(ctx: argparse.Namespace) -> dict[str, dict]:
         "scaling": lambda: {"scaling": scaling_part(ctx)},
         "checkpoint": lambda: {"checkpoint": checkpoint_part(ctx)},
         "missing": lambda: {"missing": missing_part(ctx)},
+        "sizes": lambda: {"sizes": sizes_part(ctx)},
     }
     engine_wanted = {p for p in ctx.parts if p in ("roofline", "sklearn")}
     if engine_wanted:  # one engine run serves both parts

@@ -26,6 +26,7 @@ TITLES = (
     "## Scaling",
     "## Checkpoint",
     "## Missing entries",
+    "## Sizes",
 )
 
 pytest.importorskip("matplotlib")
@@ -152,3 +153,52 @@ def test_plots_are_png_files_linked_from_the_report(smoke, name):
     assert data.startswith(PNG_MAGIC)
     assert len(data) > 10_000  # axes, lines and labels, not an empty canvas
     assert f"]({name})" in report
+
+
+@pytest.fixture(scope="module")
+def sizes_smoke(tmp_path_factory):
+    """The ``sizes`` part alone (``--smoke --parts sizes``): report, JSON results, output folder."""
+    out = tmp_path_factory.mktemp("sizes-out")
+    workdir = tmp_path_factory.mktemp("sizes-data")
+    cmd = [sys.executable, "-m", "benchmarks", "--smoke", "--parts", "sizes"]
+    cmd += ["--out", str(out), "--workdir", str(workdir)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    report = (out / "report-smoke.md").read_text()
+    results = json.loads((out / "results-smoke.json").read_text())
+    return report, results["parts"]["sizes"]["result"], out
+
+
+def test_sizes_part_times_every_method_to_sklearns_loss(sizes_smoke):
+    report, result, _ = sizes_smoke
+    assert "## Sizes" in report
+    assert "Failed" not in report
+    rows = _table(report, "| nonzeros | shape | method |")
+    assert {row[0] for row in rows} == {"4e+03", "2e+04"}
+    methods = {row[2] for row in rows}
+    assert {"bignmf fit (CLI)", "bignmf.nmf", "sklearn cd", "sklearn mu", "plain SciPy loop"} <= (
+        methods
+    )
+    for case in result["cases"]:
+        assert 0 < case["target"] < 1  # a relative error
+        ran = {r["method"]: r for r in case["rows"] if "rel" in r}
+        assert {"fit", "nmf", "cd", "mu"} <= set(ran)
+        for row in ran.values():
+            assert row["s_per_iter"] > 0
+            assert row["peak"] > 10 * 2**20  # a Python process is > 10 MiB
+        for method in ("fit", "nmf", "cd", "mu"):  # one run each: its iterates in order
+            assert all(b > a for a, b in itertools.pairwise(ran[method]["times"]))
+        # bignmf runs twice scikit-learn's iterations of the same HALS: it gets there
+        assert ran["fit"]["to_target"] > 0
+        assert ran["nmf"]["to_target"] > 0
+        assert ran["fit"]["rel"] == pytest.approx(ran["nmf"]["rel"], rel=1e-4)
+        assert case["loop"]["s_per_iter"] > 0
+    rcppml = [r for c in result["cases"] for r in c["rows"] if r["method"] == "rcppml"]
+    assert all("rel" in r or r["note"].startswith("skipped") for r in rcppml)
+
+
+def test_sizes_plot_is_a_png_linked_from_the_report(sizes_smoke):
+    report, _, out = sizes_smoke
+    assert (out / "sizes.png").read_bytes().startswith(PNG_MAGIC)
+    assert "](sizes.png)" in report

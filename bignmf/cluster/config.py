@@ -19,11 +19,13 @@ on TLS for every connection (:func:`make_security`, shared by every kind that ta
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import difflib
 import importlib
 import importlib.util
+import logging
 import os
 import shlex
 from collections.abc import Callable, Iterator, Mapping
@@ -911,11 +913,37 @@ def _start_address(config: ClusterConfig) -> Iterator[Any]:
     options = config.options
     security = make_security(options.security, config.source, options.security_key)
     scheduler_file = None if options.scheduler_file is None else str(options.scheduler_file)
-    with Client(
+    client = Client(
         options.address, scheduler_file=scheduler_file, security=security, timeout=options.timeout
-    ) as client:
+    )
+    try:
         _wait(client, options.wait_for_workers, options.timeout)
         yield client
+    finally:
+        with _reconnect_quietly():
+            client.close()
+
+
+class _CancelledReconnect(logging.Filter):
+    """Drops distributed's log of its own reconnect attempt cancelled by ``Client.close``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, asyncio.CancelledError)
+
+
+@contextlib.contextmanager
+def _reconnect_quietly() -> Iterator[None]:
+    """Close a client whose scheduler is gone without a traceback on stderr: the client is
+    still trying to reconnect, closing it cancels that, and distributed logs the cancellation
+    with its traceback (the fit has already said, in one line, that the scheduler was lost)."""
+    quiet = _CancelledReconnect()
+    logger = logging.getLogger("distributed.client")
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def _jobqueue_cluster(config: ClusterConfig) -> Any:

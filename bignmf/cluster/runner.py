@@ -171,6 +171,13 @@ def _watched_gather(client: Any, futures: list) -> tuple:
             try:
                 wait(futures, timeout=_POLL_SECONDS)
                 return tuple(client.gather(futures))
+            except ValueError:  # `wait` found no client: ours gave up on a lost scheduler
+                if client.status not in ("closing", "closed"):
+                    raise
+                raise WorkersLostError(
+                    "the scheduler went away and did not come back while the client tried to "
+                    "reconnect"
+                ) from None
             except DistributedTimeout:
                 paused = _all_paused(client)
                 paused_since = None if paused is None else (paused_since or time.monotonic())
@@ -186,7 +193,8 @@ def _watched_gather(client: Any, futures: list) -> tuple:
                         "(Dask's config key bignmf.no-workers-timeout)"
                     ) from None
     except BaseException:
-        client.cancel(futures)
+        if client.status == "running":  # a closed client cannot send the cancellation
+            client.cancel(futures)
         raise
 
 
