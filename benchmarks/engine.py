@@ -478,6 +478,19 @@ def timing_parts(args: argparse.Namespace, parts: set[str]) -> dict:
     }
 
 
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend, or None without matplotlib (the optional
+    'plots' extra: the parts then write their tables only)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
 def save_png(fig, path: Path) -> Path:
     """Write a matplotlib figure as a PNG (making its folder) and close it."""
     import matplotlib.pyplot as plt
@@ -743,12 +756,8 @@ def _rotate(items: list, r: int) -> list:
 
 
 def plot_curves(curves: list[Curve], L_cd: float, args) -> str | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5.5))
     floor = min(min(c.rel) for c in curves)

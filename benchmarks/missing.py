@@ -1026,12 +1026,8 @@ def big_markdown(big: dict, k: int) -> list[str]:
 
 def plot(result: dict, out: Path) -> Path | None:
     """Held-out RMSE against seconds, every method, as ``missing.png``."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = engine.pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for i, c in enumerate(result["curves"]):

@@ -533,7 +533,7 @@ def goal_lines(result: dict) -> list[str]:
 
 def plot(result: dict, out: Path, copy_to: Path | None = None) -> Path | None:
     """Time to target and s/iteration against nonzeros, a panel per shape, as ``sizes.png``."""
-    plt = _pyplot()
+    plt = engine.pyplot()
     if plt is None or not result["cases"]:
         return None
     shapes = list(dict.fromkeys(c["shape"] for c in result["cases"]))
@@ -580,17 +580,6 @@ def _plot_method(axes, cases: list[dict], method: str, color: str) -> None:
         marker="o",
         label=METHODS[method],
     )
-
-
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # matplotlib is the optional 'plots' extra: tables only
-        return None
-    return plt
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -147,7 +147,7 @@ def engine_parts(parts: set[str], ctx: argparse.Namespace) -> dict[str, tuple]:
 
 def roofline_plot(result: dict, out: Path) -> Path | None:
     """Bars of s/iteration per variant of parts (a) and (c), as ``roofline.png``."""
-    plt = _pyplot()
+    plt = engine.pyplot()
     timing = result.get("timing")
     if plt is None or not timing:
         return None
@@ -202,17 +202,6 @@ def sizes_part(ctx: argparse.Namespace) -> tuple:
 
 def _dirs(ctx: argparse.Namespace) -> list[str]:
     return ["--workdir", str(ctx.workdir), "--out", str(ctx.out)]
-
-
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # matplotlib is the optional 'plots' extra: tables only
-        return None
-    return plt
 
 
 # ---------------------------------------------------------------------------------------------
