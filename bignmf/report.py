@@ -229,6 +229,10 @@ def _run_tables(run: _Run) -> str:
             result.append((key, run.summary.get(key)))
         if run.summary.get("seconds") is not None:
             result.append(("seconds", round(float(run.summary["seconds"]), 2)))
+        init = run.summary.get("init")
+        if init:
+            passes = f", {init['passes']} passes" if init.get("passes") else ""
+            result.append(("initialisation", f"{init['method']}{passes}, {init['seconds']:.2f} s"))
     tables = [
         ("result", result),
         ("settings", run.record["settings"].items()),

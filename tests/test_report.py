@@ -21,6 +21,7 @@ import zarr
 
 import bignmf
 from bignmf.cli import main
+from bignmf.fit.init import nndsvd_passes
 from bignmf.report import build_report
 from tests.conftest import stopped_fit
 
@@ -161,6 +162,13 @@ def test_the_page_has_a_section_per_component_with_its_top_features(text_run, ca
     assert settings["max_iter"] == "25"
     assert settings["n_iter"] == str(summary["n_iter"])
     assert settings["relative_error"] == f"{summary['relative_error']:.6g}"
+    # the default init, NNDSVD: its randomized SVD's passes (as progress counts them) and time
+    init = summary["init"]
+    assert init["method"] == record["settings"]["init"] == "nndsvda"
+    assert init["passes"] == nndsvd_passes(K, *A.shape)
+    assert 0 < init["seconds"] < summary["seconds"]
+    shown = f"nndsvda, {init['passes']} passes, {init['seconds']:.2f} s"
+    assert settings["initialisation"] == shown
     assert page.tables["matrix"]["shape"] == f"{M:,} × {N:,}"
     assert page.tables["matrix"]["nonzeros"] == f"{A.nnz:,}"
     assert page.tables["matrix"]["density"] == f"{A.nnz / (M * N):.4g}"

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,6 +97,11 @@ class NMFResult:
     plan : list of str
         The memory plan this fit (or this resume: it plans again) ran with, one line per
         decision (:meth:`bignmf.plan.Plan.describe`); ``summary.json`` and the report show it.
+    init : dict or None
+        What the initialisation cost: ``method``, ``passes`` (NNDSVD's blockwise passes, as
+        its progress counts them, :func:`~bignmf.fit.init.nndsvd_passes`; 0 for random or
+        given factors) and ``seconds``; None for a resume, which restored a checkpoint
+        instead. ``summary.json`` and the report show it.
     """
 
     W: Any
@@ -109,6 +115,7 @@ class NMFResult:
     settings: dict = field(default_factory=dict)
     relative_error: float | None = None
     plan: list[str] = field(default_factory=list)
+    init: dict | None = None
 
     def predict(self, rows, cols) -> np.ndarray:
         """The fitted value ``(W·H)[rows[p], cols[p]]`` of each (row, column) pair, what a fit
@@ -596,7 +603,7 @@ def _fit(job: _Job) -> NMFResult:
         # one BLAS thread here too: on a cluster the driver's H update otherwise competes with
         # the workers for cores (measured 0.01 s quiet, 0.06-0.23 s under load)
         with threadpool_limits(limits=1), placement(runner.workers):
-            restored = None
+            restored = init = None
             if job.resumed:
                 announce(
                     job.callbacks, "restore", f"restoring the newest checkpoint of {run_dir.path}"
@@ -606,7 +613,7 @@ def _fit(job: _Job) -> NMFResult:
                 if settings.missing == "zeros":  # off a mask, every row sees most columns
                     found = count_entries(reads, job.plan.groups, runner, k)
                     warn_about(found, job.params.l2_W, job.params.l2_H)
-                _initialize(state, settings, *job.initial, job.callbacks)
+                init = _initialize(state, settings, *job.initial, job.callbacks)
             run(state, options.max_iter, options.tol, job.callbacks, options.stopping)
     finally:
         if reads is not matrix:
@@ -628,6 +635,7 @@ def _fit(job: _Job) -> NMFResult:
         {**settings.to_record(), **stopping},
         relative,
         job.memory.describe(),
+        init,
     )
 
 
@@ -702,10 +710,12 @@ def versions() -> dict:
     return found
 
 
-def _initialize(state: FitState, settings: FitSettings, W, H, observers=()) -> None:
+def _initialize(state: FitState, settings: FitSettings, W, H, observers=()) -> dict:
     """Initial W blocks (persisted or written to buffer 0) and H; ``observers`` are told of
-    the phase and of each pass over A."""
+    the phase and of each pass over A. Returns :attr:`NMFResult.init`."""
+    started = time.perf_counter()
     matrix, groups = state.matrix, state.plan.groups
+    passes = 0
     spec = InitSpec(
         settings.n_components,
         matrix.dtype,
@@ -742,6 +752,7 @@ def _initialize(state: FitState, settings: FitSettings, W, H, observers=()) -> N
         state.w_groups = list(state.runner.persist(*w_groups))
     else:  # the tasks wrote W into its Zarr buffer 0
         state.runner.compute(*w_groups)
+    return {"method": init, "passes": passes, "seconds": time.perf_counter() - started}
 
 
 def _collect_w(state: FitState) -> Any:

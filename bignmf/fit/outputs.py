@@ -140,9 +140,21 @@ def finish_run(run_dir: str | os.PathLike, result: Any, seconds: float) -> RunOu
         "settings": record.settings.to_record(),
         "matrix": record.matrix,
         "plan": list(getattr(result, "plan", [])),  # the last start's: a resume plans again
+        "init": _init_of(run, getattr(result, "init", None)),
     }
     path = write_summary(run.path, summary)
     return RunOutputs(w_path, h_path, path, run.metrics_path, png, skipped, rel)
+
+
+def _init_of(run: RunDir, init: dict | None) -> dict | None:
+    """The fit's initialisation (:attr:`NMFResult.init`); a resume's is the one the summary of
+    an earlier finish recorded (None if the run never finished before)."""
+    if init is not None:
+        return init
+    try:
+        return json.loads(run.summary_path.read_text()).get("init")
+    except (OSError, ValueError):
+        return None
 
 
 def error_over(missing: str | None, weights: str | None = None) -> str:
