@@ -8,7 +8,6 @@ import os
 import sys
 import time
 import uuid
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -121,28 +120,9 @@ class Runner:
         if client is None:
             return None
         try:
-            return {name: int(info["nthreads"]) for name, info in _workers_of(client).items()}
+            return dict(client.nthreads())
         except Exception:  # no placement is better than a failed iteration
             return None
-
-
-#: Seconds a client's list of workers is reused before the scheduler is asked again. Each pass
-#: asks for it (to place its tasks, and to tell whether a cluster had workers at all): a round
-#: trip to the scheduler each, 6 ms of a 48 ms iteration of a small matrix on a loaded
-#: LocalCluster. A list older than this misplaces nothing for long: placement is loose, and a
-#: worker that is gone is looked for afresh whenever a compute waits.
-WORKERS_TTL = 2.0
-_WORKERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # client: (time, workers)
-
-
-def _workers_of(client: Any, fresh: bool = False) -> dict:
-    """The scheduler's ``workers`` (address: info), at most :data:`WORKERS_TTL` old."""
-    now = time.monotonic()
-    seen = _WORKERS.get(client)
-    if fresh or seen is None or now - seen[0] > WORKERS_TTL:
-        seen = (now, client.scheduler_info(n_workers=-1)["workers"])
-        _WORKERS[client] = seen
-    return seen[1]
 
 
 PAUSED_TIMEOUT = 300.0  # seconds every worker may stay paused before a compute gives up
@@ -166,7 +146,7 @@ def _watched_gather(client: Any, futures: list) -> tuple:
 
     try:
         paused_since = gone_since = None
-        had_workers = _n_workers(client, fresh=False) != 0  # one still starting has none yet
+        had_workers = _n_workers(client) != 0  # a cluster still starting has none yet
         while True:
             try:
                 wait(futures, timeout=_POLL_SECONDS)
@@ -198,11 +178,10 @@ def _watched_gather(client: Any, futures: list) -> tuple:
         raise
 
 
-def _n_workers(client: Any, fresh: bool = True) -> int | None:
-    """How many workers the scheduler has (None when it cannot answer now); ``fresh=False``
-    accepts a count :data:`WORKERS_TTL` old."""
+def _n_workers(client: Any) -> int | None:
+    """How many workers the scheduler has (None when it cannot answer now)."""
     try:
-        return len(_workers_of(client, fresh))
+        return len(client.scheduler_info(n_workers=-1)["workers"])
     except Exception:  # a scheduler that cannot answer now is not evidence of no workers
         return None
 
@@ -210,7 +189,7 @@ def _n_workers(client: Any, fresh: bool = True) -> int | None:
 def _all_paused(client: Any) -> dict | None:
     """The workers (address: info) if there are some and every one of them is paused."""
     try:
-        workers = _workers_of(client, fresh=True)
+        workers = client.scheduler_info(n_workers=-1)["workers"]
     except Exception:  # a scheduler that cannot answer now is not evidence of a pause
         return None
     if workers and all(info.get("status") == "paused" for info in workers.values()):

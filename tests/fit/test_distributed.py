@@ -16,7 +16,6 @@ import zarr
 from distributed import Client
 
 import bignmf
-from bignmf.cluster import runner as runner_module
 from bignmf.cluster.runner import Runner
 from tests.conftest import LocalProcessCluster
 
@@ -82,24 +81,6 @@ def test_lineage_is_one_iteration_deep(tmp_path, store, dask_client):
     bignmf.nmf(store, K, init="random", random_state=1, tol=0, max_iter=15, scheduler=dask_client,
                workdir=tmp_path, callback=count)  # fmt: skip
     assert max(counts[5:]) <= max(counts[:5])
-
-
-def test_the_workers_list_is_asked_for_once_in_a_while(dask_client, monkeypatch):
-    """Every pass places its tasks and every compute checks that the cluster has workers: the
-    list is reused for WORKERS_TTL seconds, not asked for (a round trip) each time."""
-    asked = []
-    real = dask_client.scheduler_info
-    monkeypatch.setattr(dask_client, "scheduler_info", lambda **kw: asked.append(kw) or real(**kw))
-    monkeypatch.delitem(runner_module._WORKERS, dask_client, raising=False)
-    runner = Runner(dask_client)
-    workers = runner.workers()
-    assert workers == dict(dask_client.nthreads())
-    assert runner.compute(dask.delayed(sum)([1, 2])) == (3,)
-    assert all(runner.workers() == workers for _ in range(5))
-    assert len(asked) == 1
-    monkeypatch.setattr(runner_module, "WORKERS_TTL", 0.0)
-    assert runner.workers() == workers
-    assert len(asked) == 2
 
 
 @pytest.mark.parametrize("scheduler", ["client", "threads", "synchronous"])
