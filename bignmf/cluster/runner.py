@@ -57,26 +57,23 @@ class Runner:
             if client_of(self.scheduler) is not None:
                 return dask.persist(*collections, **self._options())
             values = dask.compute(*collections, **self._options())
-        return tuple(self.share(value, f"held-{uuid.uuid4().hex}") for value in values)
+        return _held(values)
 
     def persist_and_compute(self, *collections):
-        """``persist`` every collection and return the last one's value too: the persisted
-        others, then that value. On a distributed scheduler the value is gathered from the
-        persisted result, one graph sent where ``persist`` then ``compute`` sent two.
+        """``persist`` every collection but the last, and return them with the last one's
+        value: on a scheduler in this process, one compute where ``persist`` then ``compute``
+        took two.
 
         Raises
         ------
         WorkersPausedError
             As :meth:`compute`.
         """
-        client = client_of(self.scheduler)
-        if client is None:
+        if client_of(self.scheduler) is None:
             *kept, last = self.compute(*collections)
-            return [self.share(v, f"held-{uuid.uuid4().hex}") for v in kept], last
-        from distributed import futures_of
-
+            return list(_held(kept)), last
         *kept, last = self.persist(*collections)
-        return kept, _watched_gather(client, futures_of(last))[0]
+        return kept, self.compute(last)[0]
 
     @staticmethod
     def share(value: Any, name: str):
@@ -135,15 +132,10 @@ _POLL_SECONDS = 5.0
 def _watched_compute(client: Any, collections: tuple) -> tuple:
     """Compute on a distributed client, checking the workers while waiting: a worker paused
     for memory runs nothing, and if all of them stay paused the results never come."""
-    return _watched_gather(client, client.compute(list(collections)))
-
-
-def _watched_gather(client: Any, futures: list) -> tuple:
-    """The results of ``futures``, waited for as :func:`_watched_compute` says (cancelled if
-    the wait fails)."""
     from distributed import TimeoutError as DistributedTimeout
     from distributed import wait
 
+    futures = client.compute(list(collections))
     try:
         paused_since = gone_since = None
         had_workers = _n_workers(client) != 0  # a cluster still starting has none yet
@@ -176,6 +168,11 @@ def _watched_gather(client: Any, futures: list) -> tuple:
         if client.status == "running":  # a closed client cannot send the cancellation
             client.cancel(futures)
         raise
+
+
+def _held(values) -> tuple:
+    """Values computed in this process, as graph inputs of the passes that read them."""
+    return tuple(Runner.share(value, f"held-{uuid.uuid4().hex}") for value in values)
 
 
 def _n_workers(client: Any) -> int | None:
