@@ -26,6 +26,7 @@ from bignmf.errors import BigNMFError, MissingExtraError, ParameterError, StoreE
 from bignmf.fit.settings import AUTO_CHECKPOINTS, IMPLICIT_ALPHA
 from bignmf.io.vocabulary import find_vocabulary, vocabulary_path
 from bignmf.store.layout import CODEC_NAMES, DEFAULT_CHUNK_SIZE, DEFAULT_CODEC
+from bignmf.study.consensus import DENSITY_THRESHOLD, LOCAL_NEIGHBORHOOD
 
 
 def _human_bytes(n: float) -> str:
@@ -408,23 +409,25 @@ def _fit_in(
     from bignmf.fit.engine import nmf
 
     bar = bar if bar is not None else _progress(args)
+    auto = args.components == AUTO_RANK
+    if auto and args.plan_only:
+        raise BigNMFError("--plan-only plans one k: give -k a number")
+    if auto and (args.missing or mask is not None or weights is not None):
+        raise BigNMFError(
+            "-k auto cross-validates on every entry: not with --missing, --mask or --weights"
+        )
     if where is None:
-        where = _chosen(args, store.shape, store.nnz, store.dtype, args.components, bar)
+        k = max(_auto_ks(store.shape)) if auto else args.components  # auto's largest try
+        where = _chosen(args, store.shape, store.nnz, store.dtype, k, bar)
     with _started(where, args, bar) as scheduler:
+        if auto:
+            args.components = _choose_k(store, run_dir, args, scheduler, bar)
         return nmf(
             store,
             args.components,
-            solver=args.solver,
-            beta_loss=args.beta_loss,
             init=args.init,
-            tol=args.tol,
-            stopping=args.stopping,
-            max_iter=args.max_iter,
+            **_fit_settings(args),
             random_state=args.seed,
-            alpha_W=args.alpha_W,
-            alpha_H=args.alpha_H,
-            l1_ratio=args.l1_ratio,
-            n_inner=args.n_inner,
             missing=args.missing,
             mask=mask,
             weights=weights,
@@ -444,6 +447,32 @@ def _fit_in(
         )
 
 
+def _auto_ks(shape) -> tuple[int, ...]:
+    from bignmf.study.rank import auto_ks
+
+    return auto_ks(shape)
+
+
+def _choose_k(store, run_dir: Path, args: argparse.Namespace, scheduler, bar) -> int:
+    """``-k auto``: the k of a cross-validated study in ``RUN_DIR/choose-k`` (resumed when a
+    stopped attempt left one)."""
+    from bignmf.fit.rundir import CHOOSE_K
+    from bignmf.study.rank import choose_rank
+
+    where = run_dir / CHOOSE_K
+    bar.phase(f"choosing k: a cross-validated study in {where}", "choose-k")
+    study = choose_rank(
+        store,
+        out=where,
+        seed=args.seed or 0,
+        scheduler=scheduler,
+        progress=bar,
+        **_fit_settings(args),
+    )
+    print(f"k = {study.chosen_k}, chosen by {where}: {study.rule}")
+    return study.chosen_k
+
+
 def _cmd_resume(args: argparse.Namespace) -> int:
     import time
 
@@ -451,6 +480,12 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     from bignmf.fit.outputs import read_summary
     from bignmf.fit.rundir import RunDir
     from bignmf.fit.settings import RunOptions
+    from bignmf.study.layout import is_study
+
+    if is_study(args.run_dir):
+        return _resume_study(args)
+    if args.fits_in_flight is not None:
+        raise BigNMFError(f"--fits-in-flight: {args.run_dir} is a run, not a study")
 
     # the options `resume` takes as flags (the scheduler is --scheduler/--cluster's)
     names = [n for n in RunOptions.may_change() if n != "scheduler" and hasattr(args, n)]
@@ -512,6 +547,141 @@ def _already_finished(run_dir: Path, n_iter: int, converged: bool, options) -> s
         f"{options.max_iter}; nothing changed. Pass a higher --max-iter to go "
         "further"
     )
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    import shutil
+
+    from bignmf.study.layout import StudyDir
+
+    study = StudyDir(args.out)
+    study.check_free()  # the user's files are refused before anything is written there
+    args.key = _layer_key(args)
+    bar = _progress(args)
+    where = _scheduler(args)  # checks a --cluster file before a long conversion
+    created = not study.path.exists()
+    with study.locked():
+        if not study.exists():  # a conversion left by a start that was killed: made again
+            shutil.rmtree(study.converted, ignore_errors=True)
+        try:
+            bar.phase(f"opening {args.input}", "open")
+            store = _as_store(args.input, study.path, args.key, args.block_nnz)
+            result = _sweep_in(where, store, study.path, args, bar)
+        except BaseException:
+            if not study.exists():  # nothing to resume: nothing left to block a retry
+                shutil.rmtree(study.converted, ignore_errors=True)
+                if created:
+                    shutil.rmtree(study.path, ignore_errors=True)
+            raise
+    _print_study(result, args.top)
+    return 0
+
+
+def _sweep_in(where, store, out: Path, args: argparse.Namespace, bar):
+    """``bignmf sweep``'s call of :func:`bignmf.sweep` on the chosen scheduler."""
+    from bignmf.study.sweep import sweep
+
+    if where is None:
+        where = _chosen(args, store.shape, store.nnz, store.dtype, max(args.ks), bar)
+    with _started(where, args, bar) as scheduler:
+        return sweep(
+            store,
+            args.ks,
+            out=out,
+            replicates=args.replicates,
+            seed=args.seed,
+            cv=args.cv,
+            cv_seed=args.cv_seed,
+            density_threshold=args.density_threshold,
+            local_neighborhood=args.local_neighborhood,
+            block_nnz=args.block_nnz,
+            scheduler=scheduler,
+            fits_in_flight=args.fits_in_flight,
+            n_tasks=args.n_tasks,
+            cache_a=args.cache_a,
+            progress=bar,
+            init=args.init,
+            **_fit_settings(args),
+            checkpoint_every=args.checkpoint_every,
+            checkpoint_seconds=args.checkpoint_seconds,
+        )
+
+
+def _resume_study(args: argparse.Namespace) -> int:
+    """``bignmf resume STUDY``: the fits, consensus and summary a study has left."""
+    from bignmf.store.csr import open_matrix
+    from bignmf.study.layout import StudyDir
+    from bignmf.study.sweep import StudySpec, resume_study
+
+    names = ("max_iter", "tol", "stopping")
+    given = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) is not None]
+    given += ["--write-back"] if args.write_back else []
+    if given:
+        raise BigNMFError(
+            f"{' '.join(given)}: a study resumes with the settings it recorded (these apply to "
+            "a run directory)"
+        )
+    study = StudyDir(args.run_dir)
+    record = study.record()
+    bar = _progress(args)
+    where = _scheduler(args)
+    if where is None:
+        source = record["input"]
+        if source.get("path") is None:
+            raise BigNMFError(f"{study.path} was run on an in-memory matrix: resume it from Python")
+        store = open_matrix(source["path"], source.get("key"))
+        k = max(StudySpec.from_record(record).ks)
+        where = _chosen(args, store.shape, store.nnz, store.dtype, k, bar)
+    with _started(where, args, bar) as scheduler:
+        result = resume_study(
+            study.path,
+            scheduler=scheduler,
+            fits_in_flight=args.fits_in_flight,
+            n_tasks=args.n_tasks,
+            cache_a=args.cache_a,
+            progress=bar,
+        )
+    _print_study(result, args.top)
+    return 0
+
+
+def _print_study(study, n_top: int) -> None:
+    """The table per k, the chosen k, where the files are, the chosen consensus's top
+    features."""
+    cv = any(not math.isnan(row.test_rmse) for row in study.table)
+    header = f"{'k':>4} {'fits':>5} {'error':>8} {'consensus':>10} {'stability':>10}"
+    header += f" {'outliers':>9}"
+    print(header + ("   held-out RMSE" if cv else ""))
+    for row in study.table:
+        line = (
+            f"{row.k:>4} {row.replicates:>5} {row.error:>8.4f} {row.consensus_error:>10.4f} "
+            f"{row.stability:>10.4f} {row.outliers:>9}"
+        )
+        if cv:
+            line += f"   {row.test_rmse:.4g} ± {row.test_rmse_se:.2g}"
+        print(line)
+    if study.chosen_k is None:
+        print(f"no k chosen ({study.rule}: no k could be compared)")
+    else:
+        print(f"chosen k = {study.chosen_k}: {study.rule}")
+    print(
+        f"study: {study.path} (summary.json, table.csv, selection.png, density.png; the "
+        f"consensus W and H of each k in {study.path / 'consensus'}/k<K>/)"
+    )
+    if n_top and study.chosen_k is not None:
+        try:
+            _, H = study.consensus(study.chosen_k)
+        except ParameterError as error:
+            print(error)
+            return
+        print(f"top features of the consensus of k = {study.chosen_k}:")
+        _show_top_features(H, _study_store(study.path), None, n_top)
+
+
+def _study_store(path) -> str | None:
+    from bignmf.study.layout import StudyDir
+
+    return StudyDir(path).record()["input"].get("path")
 
 
 def _cmd_transform(args: argparse.Namespace) -> int:
@@ -606,9 +776,15 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_top_features(args: argparse.Namespace) -> int:
-    from bignmf.results import top_features
+    from bignmf.results import consensus_top_features, top_features
+    from bignmf.study.layout import is_study
 
-    top = top_features(args.run_dir, args.n, args.vocab)  # a stopped run: its newest checkpoint
+    if is_study(args.run_dir):  # a study: the consensus of -k, by default the chosen k
+        top = consensus_top_features(args.run_dir, args.k, args.n, args.vocab)
+    elif args.k is not None:
+        raise BigNMFError(f"-k chooses a study's consensus; {args.run_dir} is a run")
+    else:  # a stopped run: its newest checkpoint
+        top = top_features(args.run_dir, args.n, args.vocab)
     if not top.named:
         print(
             f"no vocabulary found for {top.store or 'this run'}: printing column numbers; give "
@@ -794,6 +970,19 @@ EXAMPLES = """examples:
   bignmf demo                                      topics of the installed packages' docstrings
   bignmf fit counts.mtx.gz -k 30 --out run/        convert, factorize, checkpoint
   bignmf resume run/ --max-iter 400                after a kill, or to go further
+  bignmf sweep cells.h5ad -k 5-30:5 --out study/   which k: consensus and stability per k
+"""
+
+SWEEP_EPILOG = """\
+Each (k, replicate) fit is a run directory in STUDY/fits/k<K>/r<R>/, several run at once;
+`bignmf resume STUDY` finishes a study that was stopped, bit for bit. Per k: the consensus
+of the replicates (Kotliar et al.'s cNMF: unit-length spectra, outliers by local density,
+k-means, cluster medians; W refitted with H fixed), its stability (silhouette) and error;
+with --cv, each fit's held-out RMSE. The chosen k: with --cv, the smallest k within one
+standard error of the lowest held-out RMSE; else the largest k within 0.01 of the highest
+stability. Written: summary.json,
+table.csv, selection.png, density.png and consensus/k<K>/ (W.zarr, H.zarr) in STUDY;
+`bignmf top-features STUDY -k K` prints a consensus's top features.
 """
 
 
@@ -838,6 +1027,7 @@ def _number(kind: type, low: float, *, above: bool = False, high: float | None =
     return parse
 
 
+AUTO_RANK = "auto"
 POSITIVE = _number(int, 1)
 COUNT = _number(int, 0)
 NON_NEGATIVE = _number(float, 0)
@@ -859,6 +1049,55 @@ def _every(text: str):
 
 def _alpha_h(text: str):
     return text if text == "same" else NON_NEGATIVE(text)
+
+
+def _rank_arg(text: str):
+    """``fit -k``: a rank, or ``auto``."""
+    return AUTO_RANK if text == AUTO_RANK else POSITIVE(text)
+
+
+def _ks_arg(text: str) -> tuple[int, ...]:
+    """``-k`` of a sweep: ``5,10,15``, ``3-8`` or ``5-30:5`` (ranges include both ends)."""
+    found: list[int] = []
+    for part in text.split(","):
+        low, dash, rest = part.strip().partition("-")
+        high, colon, step = rest.partition(":")
+        try:
+            if not dash:
+                found.append(int(low))
+                continue
+            step_value = int(step) if colon else 1
+            if step_value < 1:
+                raise ValueError
+            found.extend(range(int(low), int(high) + 1, step_value))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{part.strip()!r} is not a k, a range a-b or a range a-b:step"
+            ) from None
+    if not found or min(found) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the ks must be integers >= 1")
+    return tuple(sorted(set(found)))
+
+
+def _fraction(text: str) -> float:
+    value = _number(float, 0, above=True, high=1)(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a fraction must be below 1")
+    return value
+
+
+def _fraction_or_one(text: str) -> float:
+    return _number(float, 0, above=True, high=1)(text)
+
+
+def _add_fits_in_flight(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--fits-in-flight",
+        type=POSITIVE,
+        metavar="N",
+        help="a study's fits at once (default: 2 per scheduler thread; never more than the "
+        "memory plan allows)",
+    )
 
 
 def _add_store_options(p: argparse.ArgumentParser) -> None:
@@ -940,6 +1179,70 @@ def _add_run_options(p: argparse.ArgumentParser, resuming: bool = False) -> None
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+#: What :func:`_add_fit_settings` adds besides ``--init``, as :func:`bignmf.nmf`'s keywords.
+FIT_SETTINGS = ("solver", "beta_loss", "tol", "stopping", "max_iter",
+                "alpha_W", "alpha_H", "l1_ratio", "n_inner")  # fmt: skip
+
+
+def _fit_settings(args: argparse.Namespace) -> dict:
+    """The fit's settings the command was given (:data:`FIT_SETTINGS`)."""
+    return {name: getattr(args, name) for name in FIT_SETTINGS}
+
+
+def _add_fit_settings(p: argparse.ArgumentParser, init_default: str | None, init_why: str):
+    """The options of a fit's settings (``fit`` and ``sweep``): solver, loss, initialisation,
+    stopping, regularisation, HALS sweeps."""
+    p.add_argument(
+        "--solver",
+        default="hals",
+        choices=registry.names("solver"),
+        help="the solver: " + registry.help_text("solver"),
+    )
+    p.add_argument(
+        "--beta-loss",
+        default="frobenius",
+        choices=registry.names("beta_loss"),
+        help="the divergence (other than frobenius: --solver mu)",
+    )
+    p.add_argument(
+        "--init",
+        choices=[n for n in registry.names("init") if n != "custom"],
+        default=init_default,
+        help=f"initialisation (default: {init_why}): "
+        + registry.help_text("init", exclude=("custom",)),
+    )
+    p.add_argument(
+        "--tol",
+        type=NON_NEGATIVE,
+        default=1e-4,
+        help="tolerance of the stopping rule (0: run --max-iter iterations)",
+    )
+    p.add_argument("--max-iter", type=POSITIVE, default=200, help="iterations at most")
+    p.add_argument(
+        "--stopping", choices=registry.names("stopping"), default="relative", help=STOPPING_HELP
+    )
+    p.add_argument(
+        "--alpha-W",
+        type=NON_NEGATIVE,
+        default=0.0,
+        help="regularisation of W (scikit-learn's alpha_W)",
+    )
+    p.add_argument(
+        "--alpha-H",
+        default="same",
+        type=_alpha_h,
+        help="regularisation of H, or 'same' as --alpha-W",
+    )
+    p.add_argument(
+        "--l1-ratio", type=RATIO, default=0.0, help="L1 share of the regularisation, in [0, 1]"
+    )
+    p.add_argument(
+        "--n-inner",
+        type=POSITIVE,
+        help="HALS sweeps per pass over A (default: 1; 3 with --missing, --mask or --weights)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``bignmf`` command."""
     parser = _Parser(
@@ -1008,62 +1311,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("fit", "factorize a matrix into a run directory (checkpointed)")
     p.add_argument("input", help="a store, AnnData .zarr, or any file `bignmf convert` reads")
-    p.add_argument("-k", "--components", type=POSITIVE, required=True, help="rank k (required)")
+    p.add_argument(
+        "-k",
+        "--components",
+        type=_rank_arg,
+        required=True,
+        help="rank k, or auto: chosen by a cross-validated study in OUT/choose-k/ (ranks 2 to "
+        "50 up to min(m, n), 3 replicates, 5%% of the entries held out; the smallest k within "
+        "one standard error of the lowest held-out RMSE; `bignmf sweep` for control) "
+        "(required)",
+    )
     p.add_argument(
         "--out",
         required=True,
         help="run directory: new, empty, or left by a stopped attempt of a fit (required)",
     )
-    p.add_argument(
-        "--solver",
-        default="hals",
-        choices=registry.names("solver"),
-        help="the solver: " + registry.help_text("solver"),
-    )
-    p.add_argument(
-        "--beta-loss",
-        default="frobenius",
-        choices=registry.names("beta_loss"),
-        help="the divergence (other than frobenius: --solver mu)",
-    )
-    p.add_argument(
-        "--init",
-        choices=[n for n in registry.names("init") if n != "custom"],
-        help="initialisation (default: nndsvda, or random when k > min(m, n), as "
-        "scikit-learn): " + registry.help_text("init", exclude=("custom",)),
-    )
-    p.add_argument(
-        "--tol",
-        type=NON_NEGATIVE,
-        default=1e-4,
-        help="tolerance of the stopping rule (0: run --max-iter iterations)",
-    )
-    p.add_argument("--max-iter", type=POSITIVE, default=200, help="iterations at most")
-    p.add_argument(
-        "--stopping", choices=registry.names("stopping"), default="relative", help=STOPPING_HELP
-    )
+    _add_fit_settings(p, None, "nndsvda, or random when k > min(m, n), as scikit-learn")
     p.add_argument(
         "--seed", type=COUNT, help="random seed (default: drawn, and recorded in the run)"
-    )
-    p.add_argument(
-        "--alpha-W",
-        type=NON_NEGATIVE,
-        default=0.0,
-        help="regularisation of W (scikit-learn's alpha_W)",
-    )
-    p.add_argument(
-        "--alpha-H",
-        default="same",
-        type=_alpha_h,
-        help="regularisation of H, or 'same' as --alpha-W",
-    )
-    p.add_argument(
-        "--l1-ratio", type=RATIO, default=0.0, help="L1 share of the regularisation, in [0, 1]"
-    )
-    p.add_argument(
-        "--n-inner",
-        type=POSITIVE,
-        help="HALS sweeps per pass over A (default: 1; 3 with --missing, --mask or --weights)",
     )
     p.add_argument(
         "--missing",
@@ -1147,7 +1412,64 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_write_back(p, "the AnnData input the fit was given")
     _add_run_options(p, resuming=True)
+    _add_fits_in_flight(p)
     p.set_defaults(func=_cmd_resume)
+
+    p = command(
+        "sweep",
+        "fit every k several times as one resumable study: consensus, stability, held-out "
+        "error, the chosen k",
+        epilog=SWEEP_EPILOG,
+    )
+    p.add_argument("input", help="a store, AnnData .zarr, or any file `bignmf convert` reads")
+    p.add_argument(
+        "-k",
+        "--ks",
+        type=_ks_arg,
+        required=True,
+        help="the ranks: a list (5,10,15), a range (3-8) or a range with a step (5-30:5)",
+    )
+    p.add_argument("--out", required=True, help="the study directory: new or empty (required)")
+    p.add_argument(
+        "--replicates", type=POSITIVE, default=10, help="fits per k (replicate r: seed + r)"
+    )
+    p.add_argument("--seed", type=COUNT, default=0, help="seed of replicate 0")
+    p.add_argument(
+        "--cv",
+        type=_fraction,
+        metavar="FRACTION",
+        help="cross-validate: hold out this fraction of all entries (stored ones and zeros, "
+        "by a seeded hash; nothing copied), fit the rest, score each fit on them",
+    )
+    p.add_argument("--cv-seed", type=COUNT, help="seed of the held-out entries (default: --seed)")
+    p.add_argument(
+        "--density-threshold",
+        type=SECONDS,
+        default=DENSITY_THRESHOLD,
+        help="consensus: drop spectra whose mean distance to their nearest neighbours (unit "
+        "vectors: 0 to 2) is above this (2: keep all)",
+    )
+    p.add_argument(
+        "--local-neighborhood",
+        type=_fraction_or_one,
+        default=LOCAL_NEIGHBORHOOD,
+        help="consensus: the neighbours of that distance, a fraction of the replicates",
+    )
+    _add_fit_settings(p, "random", "random: replicates of an SVD start would be one fit")
+    p.add_argument("--key", help="matrix inside an AnnData store (default: X)")
+    p.add_argument(
+        "--layer",
+        metavar="NAME",
+        help="the AnnData layer NAME (e.g. counts) instead of X: --key layers/NAME",
+    )
+    p.add_argument(
+        "--block-nnz",
+        type=POSITIVE,
+        help="re-plan the row blocks to about this many nonzeros each (default: the store's plan)",
+    )
+    _add_run_options(p)
+    _add_fits_in_flight(p)
+    p.set_defaults(func=_cmd_sweep)
 
     p = command("transform", "coefficients of new rows against a run's H")
     p.add_argument("run_dir", help="the run directory")
@@ -1188,7 +1510,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_score)
 
     p = command("top-features", "print each component's top features")
-    p.add_argument("run_dir", help="the run directory")
+    p.add_argument("run_dir", help="the run directory, or a study (its consensus)")
+    p.add_argument(
+        "-k", type=POSITIVE, help="a study's consensus of this k (default: the k it chose)"
+    )
     p.add_argument(
         "--vocab",
         help="one feature name per line (default: <store>.vocab.txt, or an AnnData "
@@ -1314,6 +1639,25 @@ USER_ERRORS = (
 )
 
 
+#: The commands that take a study where they take a run directory.
+STUDY_COMMANDS = ("resume", "top-features")
+
+
+def _refuse_a_study(args: argparse.Namespace) -> None:
+    """A study given where a run directory is expected: one line saying what to do."""
+    run_dir = getattr(args, "run_dir", None)
+    if run_dir is None or args.command in STUDY_COMMANDS:
+        return
+    from bignmf.study.layout import is_study
+
+    if is_study(run_dir):
+        raise BigNMFError(
+            f"{run_dir} is a study, not a run: `bignmf top-features {run_dir} -k K` reads a "
+            f"consensus, its plots are {Path(run_dir) / 'selection.png'} and density.png, and "
+            f"each fit is a run in {Path(run_dir) / 'fits'}/k<K>/r<R>/"
+        )
+
+
 def _print_warnings(prog: str) -> None:
     """Show warnings as one line each, like errors, rather than with the code that warned."""
 
@@ -1331,6 +1675,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         handler: Callable[[argparse.Namespace], int] = args.func
+        _refuse_a_study(args)
         with warnings.catch_warnings():  # restores the caller's way to show warnings
             _print_warnings(f"bignmf {args.command}")
             status = handler(args)

@@ -27,6 +27,8 @@ The rules, in the order the engine applies them (:func:`make_plan` follows the s
    (:func:`choose_w_storage`). A request wins where it can be honoured.
 5. **Cache of A**: off unless asked; ``'auto'`` is :data:`CACHE_AUTO_FRACTION` of one process's
    memory, the smallest worker's limit or RAM (:func:`cache_budget`, :func:`process_memory`).
+
+A study (:func:`bignmf.sweep`) adds one rule, :func:`fits_in_flight`: how many fits run at once.
 """
 
 from __future__ import annotations
@@ -62,6 +64,12 @@ SKETCH_OVERSAMPLES = 10
 SKETCH_ITEMSIZE = 8
 #: bytes per value of the per-column grams a fit with missing entries sums (float64)
 GRAM_ITEMSIZE = 8
+#: share of one process's memory (the smallest worker's limit, or RAM) that a study's fits in
+#: flight may take together
+STUDY_MEMORY_FRACTION = 0.5
+#: fits in flight a study runs by default per thread of the scheduler: one computes while the
+#: other's driver updates H and builds its next graph
+FITS_PER_THREAD = 2
 
 
 # --------------------------------------------------------------------------- tasks and memory
@@ -664,3 +672,58 @@ __all__ = [
     "w_memory_bytes",
     "worker_memory",
 ]
+
+
+# --------------------------------------------------------------------------- studies
+
+
+def fit_bytes(plan: Plan) -> int:
+    """What one more fit in flight asks of the most loaded process (:func:`fits_in_flight`).
+
+    On a local scheduler each fit runs its own tasks at once, one per thread, and keeps W in
+    this process when the plan says so: its threads' tasks (H's share and a decoded row block
+    each) plus W. On a distributed scheduler a worker thread runs one task at a time whatever
+    the fits, and W is on disk: a fit adds the partial sums its finished tasks hold on a worker
+    until they are reduced, one H share per task of the worker's part.
+    """
+    per_block = math.ceil(plan.nnz / max(plan.n_blocks, 1)) * (plan.itemsize + 4)
+    block = per_block * plan.blocks_per_task
+    tasks = math.ceil(plan.n_blocks / max(plan.blocks_per_task, 1))
+    if plan.distributed:
+        per_worker = math.ceil(tasks / max(len(plan.workers), 1))
+        return per_worker * plan.h_task_bytes
+    w = plan.w_bytes if plan.w_storage == "memory" else 0
+    return w + min(plan.threads, tasks) * (plan.h_task_bytes + block)
+
+
+def fits_in_flight(plan: Plan, fits: int, requested: int | None = None) -> tuple[int, str]:
+    """How many fits of a study run at once, and why (a phrase).
+
+    Parameters
+    ----------
+    plan : Plan
+        The plan of the study's largest fit.
+    fits : int
+        Fits left to run.
+    requested : int, optional
+        The user's number; None: :data:`FITS_PER_THREAD` per thread of the scheduler.
+
+    Returns
+    -------
+    (int, str)
+        At least 1 and at most ``fits``; never more than :data:`STUDY_MEMORY_FRACTION` of one
+        process's memory holds (:func:`fit_bytes` each), whatever was requested.
+    """
+    memory = process_memory(plan.workers, plan.ram)
+    each = max(fit_bytes(plan), 1)
+    room = max(int(STUDY_MEMORY_FRACTION * memory // each), 1)
+    threads = sum(t for _, t in plan.workers) if plan.distributed else plan.threads
+    wanted = FITS_PER_THREAD * threads if requested is None else int(requested)
+    count = max(min(wanted, room, max(fits, 1)), 1)
+    where = "the smallest worker's memory" if plan.distributed else "RAM"
+    held = f"{format_bytes(each)} each, {int(STUDY_MEMORY_FRACTION * 100)}% of {where} holds {room}"
+    if requested is not None and room < requested:
+        return count, f"{requested} asked, {held}"
+    if requested is None:
+        return count, f"{FITS_PER_THREAD} per thread of {_count(threads, 'thread')}; {held}"
+    return count, f"as asked; {held}"

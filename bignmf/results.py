@@ -16,11 +16,13 @@ import os
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from bignmf.errors import ParameterError
 from bignmf.fit.inspect import ROWS_PER_SLAB, RowScan, RunFactors, open_factors, scan_rows
 from bignmf.fit.outputs import top_features as _top_columns
 from bignmf.fit.rundir import RunDir
 from bignmf.fit.settings import RunRecord
 from bignmf.io.vocabulary import LazyNames, find_row_names, find_vocabulary
+from bignmf.study.layout import StudyDir
 
 
 class Ranked(NamedTuple):
@@ -132,6 +134,43 @@ def top_features(
     return Top(_named(_top_columns(factors.H, n), names), names is not None, store, origin)
 
 
+def consensus_top_features(
+    study: str | os.PathLike,
+    k: int | None = None,
+    n: int = 10,
+    vocab: str | os.PathLike | None = None,
+) -> Top:
+    """Each consensus component's ``n`` largest features in a finished study.
+
+    Parameters
+    ----------
+    study : str or path-like
+        The study directory (:func:`bignmf.sweep`).
+    k : int, optional
+        Which k's consensus; default the k the study chose.
+    n : int
+        Features per component.
+    vocab : str or path-like, optional
+        As :func:`top_features`'s; by default found beside the study's store.
+
+    Returns
+    -------
+    Top
+        ``origin`` names the consensus (``"consensus k=15"``).
+    """
+    from bignmf.study.summary import open_study
+
+    found = open_study(study)
+    if k is None:
+        if found.chosen_k is None:
+            raise ParameterError(f"{found.path} chose no k: give one with -k")
+        k = found.chosen_k
+    _, H = found.consensus(k)
+    store = StudyDir(study).record()["input"].get("path")
+    names = find_vocabulary(store, H.shape[1], vocab)
+    return Top(_named(_top_columns(H, n), names), names is not None, store, f"consensus k={k}")
+
+
 def row_names(run: str | os.PathLike, n_rows: int) -> LazyNames | None:
     """The names of a run's rows, read lazily; None when none are known.
 
@@ -211,4 +250,13 @@ def top_rows(
     return Top(name_rows(scan, names), names is not None, store_path(run), factors.origin)
 
 
-__all__ = ["Ranked", "Top", "name_rows", "row_names", "store_path", "top_features", "top_rows"]
+__all__ = [
+    "Ranked",
+    "Top",
+    "consensus_top_features",
+    "name_rows",
+    "row_names",
+    "store_path",
+    "top_features",
+    "top_rows",
+]

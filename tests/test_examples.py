@@ -39,7 +39,8 @@ def png_size(path: Path) -> tuple[int, int]:
 
 def test_every_example_is_tested():
     tested = {"topics_docstrings", "image_parts_digits", "single_cell_anndata",
-              "larger_than_memory", "ratings_missing", "implicit_feedback"}  # fmt: skip
+              "larger_than_memory", "ratings_missing", "implicit_feedback",
+              "single_cell_consensus"}  # fmt: skip
     assert {path.stem for path in EXAMPLES.glob("*.py")} == tested
 
 
@@ -91,6 +92,19 @@ def test_single_cell_anndata(tmp_path):
         assert (adata.obsm["X_nmf"] >= 0).all()
         assert adata.uns["nmf"]["params"]["n_components"] == k
         assert list(adata.obs["cell_type"].cat.categories) == [f"type_{t}" for t in range(6)]
+
+
+def test_single_cell_consensus(tmp_path):
+    pytest.importorskip("anndata")
+    out = tmp_path / "scc"
+    stdout = run_example("single_cell_consensus", out, "--ks", "6-8", timeout=600)
+    assert re.search(r"^chosen k = 7 ", stdout, flags=re.MULTILINE)  # 6 types + 1 activity
+    r_min = float(re.search(r"correlation min ([\d.]+)", stdout).group(1))
+    assert r_min > 0.95
+    assert len(re.findall(r"^program \d: (gene_\d+ ){5}gene_\d+$", stdout, re.MULTILINE)) == 7
+    for name in ("summary.json", "table.csv", "selection.png", "density.png"):
+        assert (out / "study" / name).is_file()
+    png_size(out / "study" / "selection.png")
 
 
 def test_larger_than_memory(tmp_path):

@@ -122,3 +122,45 @@ def test_fits_with_unknown_entries_hold_no_more_for_a_4x_larger_matrix(tmp_path)
     for kind in KINDS:
         quarter, whole = peaks[kind, 75_000], peaks[kind, 300_000]
         assert whole < 1.4 * quarter, (kind, quarter / MiB, whole / MiB)  # not 4x
+
+
+STUDY_SCRIPT = textwrap.dedent("""
+    import sys
+    import bignmf
+
+    def peak():
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM"))
+
+    small, path, work = sys.argv[1:]
+    options = {"replicates": 2, "max_iter": 3, "tol": 0, "scheduler": "threads",
+               "fits_in_flight": 2, "density_threshold": 2.0}  # noise: keep every spectrum
+    bignmf.sweep(small, [3, 4], out=work + "-warm", **options)  # import and touch every path
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # peak RSS := current RSS
+    base = peak()
+    bignmf.sweep(path, [3, 4], out=work, **options)
+    print(peak() - base)
+""")
+
+
+def test_a_study_holds_no_more_for_a_4x_larger_matrix(tmp_path):
+    """Fits in flight, their consensus and refits: blocks of A and rows of W, never A."""
+    small = sp.random(2000, 4000, density=0.01, format="csr", random_state=3, dtype=np.float32)
+    warm = bignmf.convert(small, tmp_path / "small.zarr", block_nnz=2**15, chunk_size=2**13)
+    peaks, sizes = {}, {}
+    for rows in (25_000, 100_000):
+        A = sp.random(rows, 4000, density=0.04, format="csr", random_state=4, dtype=np.float32)
+        store = bignmf.convert(A, tmp_path / f"a{rows}.zarr", block_nnz=2**17, chunk_size=2**15)
+        sizes[rows] = store.nnz * (4 + 4) + (rows + 1) * 8  # the CSR in memory
+        del A
+        cmd = [sys.executable, "-c", STUDY_SCRIPT, warm.path, store.path,
+               str(tmp_path / f"study{rows}")]  # fmt: skip
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=True)
+        peaks[rows] = int(run.stdout.split()[-1])
+    print({rows: f"{peak / MiB:.1f} MiB" for rows, peak in peaks.items()}, sizes)
+    # what grows is W, in memory on threads: its new rows (75,000 x 4 float32) in a dozen
+    # copies at most (three per fit in flight, the fits' results, the consensus's refit)
+    w_rows = 75_000 * 4 * 4
+    assert peaks[100_000] - peaks[25_000] < 12 * w_rows + 4 * MiB
+    assert peaks[100_000] < sizes[100_000] / 2  # and never A

@@ -219,11 +219,14 @@ def _paused_error(workers: dict, seconds: float) -> Exception:
 def _inputs_in_graph():
     """Silence distributed's "large graph" warning for bignmf's graphs: they carry H (or a
     range of it, or the SVD's sketch) on purpose, see :meth:`Runner.share`."""
-    if "distributed" not in sys.modules:
+    key = "distributed.admin.large-graph-warning-threshold"
+    if "distributed" not in sys.modules or dask.config.get(key, None) is None:
         # no distributed client, no warning; and setting a key of a config that distributed
-        # has not loaded yet would drop its defaults when the setting is undone
+        # has not loaded yet would drop its defaults when the setting is undone (distributed
+        # is in sys.modules while another thread imports it, before its defaults are loaded:
+        # fits in flight did that)
         return contextlib.nullcontext()
-    return dask.config.set({"distributed.admin.large-graph-warning-threshold": "64GiB"})
+    return dask.config.set({key: "64GiB"})
 
 
 def client_of(scheduler: Any):

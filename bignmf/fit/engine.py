@@ -59,6 +59,7 @@ from bignmf.store.csr import CSRStore, open_matrix
 from bignmf.store.factors import ZarrBlocks, machine_memory_bytes
 from bignmf.store.masked import MaskedMatrix
 from bignmf.store.matrix import as_block_matrix
+from bignmf.store.speckled import SpeckledMask, speckled_from_record
 from bignmf.store.weighted import WeightedMatrix, weights_kind, with_weights
 
 logger = logging.getLogger(__name__)
@@ -225,7 +226,9 @@ def nmf(
     mask : optional
         Entries that are unknown whatever A holds there (a held-out set, a dense array's
         NaNs): any matrix of A's shape that ``A`` could be (a store, a path, scipy.sparse),
-        whose stored entries — their pattern, not their values — are the unknown ones. Every
+        whose stored entries — their pattern, not their values — are the unknown ones, or a
+        :class:`~bignmf.store.speckled.SpeckledMask` (a seeded fraction of all entries, the
+        held-out set of cross-validation, recorded by its seed and made again on resume). Every
         other entry, zeros included, is observed: the objective is ``½·Σ_off the mask
         (a_ij − (WH)_ij)²`` plus the penalties, and the loss and relative error are over those
         entries. Every pass, initialisation included, reads A with the masked entries
@@ -388,7 +391,7 @@ def nmf(
 
 def _masked(matrix, mask) -> tuple[Any, str | None]:
     """A with ``mask`` (and missing='mask'), or A alone (and None) for a mask with no entry."""
-    unknown = as_block_matrix(mask)
+    unknown = mask if isinstance(mask, SpeckledMask) else as_block_matrix(mask)
     if unknown.nnz == 0:
         return matrix, None
     return MaskedMatrix(matrix, unknown), MASK
@@ -687,6 +690,8 @@ def _matrix_record(matrix) -> dict:
     for name, source in beside.items():
         if isinstance(source, CSRStore):
             record[name] = {"path": os.path.abspath(source.path), "key": source.key}
+        elif isinstance(source, SpeckledMask):  # a seed, made again on resume
+            record[name] = source.to_record()
     if isinstance(matrix, MaskedMatrix | WeightedMatrix):
         matrix = matrix.matrix
     if isinstance(matrix, CSRStore):
@@ -785,13 +790,17 @@ def finished(run_dir: str | os.PathLike, **overrides: Any) -> tuple[int, bool] |
     return (checkpoint.iteration, True) if rule(objective, options.tol, noise) else None
 
 
-def _beside(run_dir, record: RunRecord, name: str, given: Any) -> Any:
-    """The run's mask or weights (``name``): ``given``, else the store recorded."""
+def _beside(run_dir, record: RunRecord, name: str, given: Any, matrix: Any) -> Any:
+    """The run's mask or weights (``name``) for ``matrix``: ``given``, else the store (or the
+    speckled mask) recorded."""
     if given is not None:
         return given
     if name not in record.matrix:
         what = {"mask": "an in-memory mask: pass it", "weights": "in-memory weights: pass them"}
         raise CheckpointError(f"{run_dir} was run with {what[name]} as {name}=")
+    speckled = speckled_from_record(record.matrix[name], matrix)
+    if speckled is not None:
+        return speckled
     return open_matrix(record.matrix[name]["path"], record.matrix[name]["key"])
 
 
@@ -852,9 +861,10 @@ def resume(
         A = open_matrix(*record.store, block_nnz=record.options.block_nnz)
     matrix = as_block_matrix(A, block_nnz=record.options.block_nnz)
     if record.settings.missing == MASK:
-        matrix, _ = _masked(matrix, _beside(run_dir, record, "mask", mask))
+        matrix, _ = _masked(matrix, _beside(run_dir, record, "mask", mask, matrix))
     if record.settings.weights == "given":
-        matrix = _weighted(matrix, record.settings, _beside(run_dir, record, "weights", weights))
+        given_weights = _beside(run_dir, record, "weights", weights, matrix)
+        matrix = _weighted(matrix, record.settings, given_weights)
     elif record.settings.weights == "implicit":
         matrix = _weighted(matrix, record.settings, None)
     given = {name: overrides.pop(name) for name in OBSERVERS if name in overrides}

@@ -104,19 +104,22 @@ class RunOutputs:
     relative_error: float | None
 
 
-def finish_run(run_dir: str | os.PathLike, result: Any, seconds: float) -> RunOutputs:
-    """Write a finished run's W, H, loss curve and summary (last, atomically)."""
+def finish_run(
+    run_dir: str | os.PathLike, result: Any, seconds: float, plot: bool = True
+) -> RunOutputs:
+    """Write a finished run's W, H, loss curve (unless not ``plot``) and summary (last,
+    atomically)."""
     from bignmf.fit.settings import RunRecord
 
     run = RunDir(run_dir)
     record = RunRecord.from_json(run.record())
     w_path, h_path = write_factors(result.W, result.H, run.path)
     crash_point("finish-factors", result.n_iter)
-    skipped = None
+    png = skipped = None
     try:
-        png = plot_loss(run.path)
+        png = plot_loss(run.path) if plot else None
     except ImportError as error:
-        png, skipped = None, f"matplotlib cannot be imported ({error})"
+        skipped = f"matplotlib cannot be imported ({error})"
     rel = None
     norm = record.matrix.get("frobenius_sq")  # of the entries the fit saw (off a mask)
     if norm is None and record.store is not None:  # a run recorded before it was

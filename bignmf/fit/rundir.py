@@ -20,6 +20,7 @@ Layout of a run directory::
       summary.json        the finished run's summary, written last
       .bignmf-fit.json    `bignmf fit`'s claim: the input it converts (written before run.json)
       A.zarr/             that input converted, when it was not a store (+ A.zarr.vocab.txt)
+      choose-k/           `bignmf fit -k auto`'s study (bignmf.study.layout), kept
       .lock               locked by the one process fitting or resuming the run, naming it
                           (:mod:`bignmf.fit.lock`)
 
@@ -75,6 +76,7 @@ CONVERTED = "A.zarr"  # the input converted by `bignmf fit` when it was not a st
 CONVERTED_NAMES = CONVERTED + ".vocab.txt"  # its column names, from an AnnData input
 MASK_CONVERTED = "mask.zarr"  # the --mask converted by `bignmf fit` when it was not a store
 WEIGHTS_CONVERTED = "weights.zarr"  # the same for --weights FILE
+CHOOSE_K = "choose-k"  # the study of `bignmf fit -k auto`, before the fit of the k it chose
 CLAIM = ".bignmf-fit.json"  # a fit's claim on the directory before its run.json exists
 # what a run writes before its first checkpoint: removed when such a run fails
 _STARTED = (RUN_FILE, POINTER, METRICS, WORK_W, buffers_name("AHt"))
@@ -232,8 +234,8 @@ class RunDir:
             return  # a run to resume
         for name in LOCKS:  # no run began: its lock leaves with it (nothing is written after)
             (self.path / name).unlink(missing_ok=True)
-        if (self.path / CONVERTED).is_dir():
-            return  # a conversion the next attempt reuses
+        if (self.path / CONVERTED).is_dir() or (self.path / CHOOSE_K).is_dir():
+            return  # a conversion, or a choice of k, the next attempt reuses
         (self.path / CLAIM).unlink(missing_ok=True)
         if created and self.path.is_dir() and not any(self.path.iterdir()):
             self.path.rmdir()
@@ -515,7 +517,7 @@ def _ours(name: str) -> bool:
     """Whether a directory entry is what a fit leaves before its run begins."""
     # the conversion's temporary store, the external sort's files, an interrupted claim write
     beside = (MASK_CONVERTED, WEIGHTS_CONVERTED)
-    return name in (CLAIM, CONVERTED, CONVERTED_NAMES, *beside, *_STARTED) or (
+    return name in (CLAIM, CONVERTED, CONVERTED_NAMES, CHOOSE_K, *beside, *_STARTED) or (
         name.startswith(
             (f".{CONVERTED}.", *(f".{b}." for b in beside), "bignmf-sort-", f".{CLAIM}.")
         )

@@ -28,6 +28,7 @@ from bignmf.fit.graph import WIO, block_pass
 from bignmf.fit.init import random_scale
 from bignmf.fit.reduction import aligned_groups
 from bignmf.fit.settings import IMPLICIT_ALPHA, check_implicit
+from bignmf.kernels.loss import frobenius_sq
 from bignmf.kernels.solvers import MASK, SolverParams
 from bignmf.kernels.transform import (
     FixedH,
@@ -88,6 +89,7 @@ def transform(
     weights: Any = None,
     implicit_alpha: float = IMPLICIT_ALPHA,
     implicit_f: str = "linear",
+    return_error: bool = False,
 ) -> Any:
     """Non-negative coefficients W of the rows of A against fixed components H (A ≈ W·H).
 
@@ -137,12 +139,17 @@ def transform(
         Entry weights (see :func:`bignmf.nmf`): each row is fitted to its weighted entries
         the same way, with the fit's ``weights`` (``'implicit'``, or a matrix of A's pattern)
         and α, f. Not with ``mask``.
+    return_error : bool
+        Also return the relative error ``‖A − WH‖_F / ‖A‖_F`` of the W found, from the same
+        pass (solvers 'bpp' and 'hals', every entry observed).
 
     Returns
     -------
     W : ndarray or dask.array.Array, shape (m, k)
         NumPy when W was kept in memory; otherwise a lazy Dask array over its Zarr blocks
         (one chunk per row block). Dtype of A.
+    relative_error : float
+        With ``return_error`` only.
 
     Raises
     ------
@@ -220,6 +227,11 @@ def transform(
     # stored entries only start from their own mean, as the fit does
     w_init = random_scale(matrix, k, observed_only=missing is not None)
     kind = "observed" if missing is not None else "mu" if solver == "mu" else "nnls"
+    if return_error and kind != "nnls":
+        raise ValueError(
+            "return_error needs solver 'bpp' or 'hals' and every entry observed (no missing, "
+            "mask or weights)"
+        )
     spec = TransformSpec(
         kind,
         params,
@@ -228,6 +240,7 @@ def transform(
         float(tol),
         w_init,
         all_seen=missing is not None and missing != "zeros",
+        loss=return_error,
     )
     step = {
         "mu": mu_transform_step,
@@ -252,7 +265,7 @@ def transform(
             *parts, info = runner.compute(*new_w, total)
         else:
             (info,) = runner.compute(total)
-    unconverged = 0 if info is None else int(info["unconverged"])
+    unconverged = 0 if info is None else int(info.get("unconverged", 0))
     if unconverged:
         warnings.warn(
             f"{unconverged} of {m} rows reached max_iter={max_iter} before tol={tol}. "
@@ -260,6 +273,9 @@ def transform(
             ConvergenceWarning,
             stacklevel=2,
         )
-    if store is not None:
-        return store.to_dask(0)
-    return np.vstack([block for group in parts for block in group])
+    W = store.to_dask(0) if store is not None else np.vstack([b for g in parts for b in g])
+    if not return_error:
+        return W
+    squared = frobenius_sq(info["a_sq"], info["cross"], info["WtW"], FixedH.of(H, dtype).HHt)
+    norm = float(info["a_sq"])
+    return W, (float(np.sqrt(squared / norm)) if norm > 0 else 0.0)

@@ -22,13 +22,14 @@ from bignmf.kernels.bpp import nnls_bpp
 from bignmf.kernels.loss import kept_entries
 from bignmf.kernels.mu import mu_update_w
 from bignmf.kernels.observed import cd_rows, row_systems
-from bignmf.kernels.products import a_ht, gram, wh_at_nonzeros
+from bignmf.kernels.products import a_ht, gram, inner, sq_norm, wh_at_nonzeros
 from bignmf.kernels.solvers import SolverParams
 
 __all__ = [
     "CHECK_EVERY",
     "FixedH",
     "TransformSpec",
+    "frobenius_pieces",
     "mu_transform_block",
     "mu_transform_step",
     "nnls_transform_step",
@@ -70,6 +71,8 @@ class TransformSpec:
     #: 'observed': every entry is seen, weighted 1 but on the blocks' correction pattern (a
     #: mask, confidence weights), rather than the stored entries only
     all_seen: bool = False
+    #: 'nnls': also return the pieces of ``‖A − WH‖²`` (:func:`frobenius_pieces`)
+    loss: bool = False
 
 
 def nnls_transform_step(A_i, W_i, i, h: FixedH, spec: TransformSpec, work: Work | None):
@@ -87,13 +90,26 @@ def nnls_transform_step(A_i, W_i, i, h: FixedH, spec: TransformSpec, work: Work 
 
     Returns
     -------
-    None, ndarray of shape (m_i, k)
-        No partial sums; the block's rows of W (C-contiguous, ``spec.dtype``).
+    dict or None, ndarray of shape (m_i, k)
+        The pieces of the block's error (:func:`frobenius_pieces`) with ``spec.loss``, else
+        None; the block's rows of W (C-contiguous, ``spec.dtype``).
     """
     m, k = A_i.shape[0], h.Ht.shape[1]
     aht = a_ht(A_i, h.Ht, out=scratch(work, "aht", (m, k), spec.dtype))
     X = nnls_bpp(h.HHt, aht.T, l1=spec.params.l1_W, l2=spec.params.l2_W)
-    return None, np.ascontiguousarray(X.T, dtype=spec.dtype)
+    W = np.ascontiguousarray(X.T, dtype=spec.dtype)
+    return (frobenius_pieces(A_i, W, aht) if spec.loss else None), W
+
+
+def frobenius_pieces(A_i, W: np.ndarray, aht: np.ndarray) -> dict:
+    """What ``‖A − WH‖²_F`` needs of a block, summed over blocks: ``‖A_i‖²`` (``a_sq``),
+    ``⟨W_i, A_i·Hᵀ⟩`` (``cross``) and ``W_iᵀW_i`` (``WtW``), in float64
+    (:func:`bignmf.kernels.loss.frobenius_sq` takes them with ``H·Hᵀ``)."""
+    return {
+        "a_sq": np.array(sq_norm(A_i)),
+        "cross": np.array(inner(W, aht)),
+        "WtW": gram(W),
+    }
 
 
 def observed_transform_step(A_i, W_i, i, h: FixedH, spec: TransformSpec, work: Work | None):
