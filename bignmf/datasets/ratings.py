@@ -39,6 +39,8 @@ import scipy.sparse as sp
 
 from bignmf.datasets.synthetic import power_law_masses, power_law_ranks
 from bignmf.errors import ParameterError, StoreExistsError
+from bignmf.kernels.speckle import hash_key
+from bignmf.kernels.speckle import splitmix64 as _splitmix64  # (Steele, Lea and Flood 2014)
 from bignmf.types import Source
 
 if TYPE_CHECKING:
@@ -68,12 +70,6 @@ _SPLIT_DOMAIN = 0x5EED5E70F7E57  # keeps the split's hash key apart from other u
 _MAX_ROUNDS = 8  # rejection rounds before a user's missing items are drawn by Gumbel-top-k
 _FLOOR_FRACTION = 1e-3  # smallest stored value, as a fraction of the bottom of the scale
 _VALUE_DTYPES = "fd"
-
-# splitmix64 (Steele, Lea and Flood 2014): a bijective 64-bit finaliser whose outputs pass
-# BigCrush, so its top 53 bits are a uniform draw for each key.
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,17 +291,8 @@ class RatingsDataset:
 # --------------------------------------------------------------------------------------------
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 of each element of a 1-D uint64 array (arrays wrap silently, scalars warn)."""
-    z = x + _GOLDEN
-    z = (z ^ (z >> np.uint64(30))) * _MIX1
-    z = (z ^ (z >> np.uint64(27))) * _MIX2
-    return z ^ (z >> np.uint64(31))
-
-
 def _split_key(seed: int) -> np.uint64:
-    key = (seed ^ _SPLIT_DOMAIN) & 0xFFFF_FFFF_FFFF_FFFF  # seeds may be any size for numpy
-    return _splitmix64(np.array([key], dtype=np.uint64))[0]
+    return hash_key(seed, _SPLIT_DOMAIN)
 
 
 def is_held_out(

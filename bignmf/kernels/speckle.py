@@ -37,7 +37,11 @@ SLAB_ELEMENTS = 1 << 21
 
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 of each element of a uint64 array (arrays wrap silently, scalars warn)."""
+    """splitmix64 of each element of a uint64 array (arrays wrap silently, scalars warn).
+
+    Steele, Lea and Flood's (2014) bijective 64-bit finaliser: its outputs pass BigCrush, so
+    the top 53 bits are a uniform draw for each key.
+    """
     z = x + _GOLDEN
     z = (z ^ (z >> np.uint64(30))) * _MIX1
     z = (z ^ (z >> np.uint64(27))) * _MIX2
