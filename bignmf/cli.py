@@ -1069,7 +1069,10 @@ def _ks_arg(text: str) -> tuple[int, ...]:
             step_value = int(step) if colon else 1
             if step_value < 1:
                 raise ValueError
-            found.extend(range(int(low), int(high) + 1, step_value))
+            span = range(int(low), int(high) + 1, step_value)
+            if not span:
+                raise argparse.ArgumentTypeError(f"{part.strip()!r} is an empty range")
+            found.extend(span)
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"{part.strip()!r} is not a k, a range a-b or a range a-b:step"
@@ -1658,6 +1661,24 @@ def _refuse_a_study(args: argparse.Namespace) -> None:
         )
 
 
+#: Exit status of a command stopped by Ctrl-C (128 + SIGINT, as a shell reports it).
+INTERRUPTED = 130
+
+
+def _interrupted(args: argparse.Namespace | None) -> str:
+    """The line for Ctrl-C: what to run to go on, when a run or a study was begun."""
+    from bignmf.fit.rundir import RUN_FILE
+    from bignmf.study.layout import STUDY_FILE
+
+    command = getattr(args, "command", None)
+    text = f"bignmf {command}: interrupted" if command else "bignmf: interrupted"
+    where = {"fit": "out", "resume": "run_dir", "sweep": "out"}.get(command)
+    path = Path(getattr(args, where)) if where else None
+    if path is not None and any((path / name).is_file() for name in (RUN_FILE, STUDY_FILE)):
+        return f"{text}; `bignmf resume {path}` goes on from its last checkpoints"
+    return text
+
+
 def _print_warnings(prog: str) -> None:
     """Show warnings as one line each, like errors, rather than with the code that warned."""
 
@@ -1685,6 +1706,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog = "bignmf" if args is None else f"bignmf {args.command}"
         print(f"{prog}: error: {_user_error(err, args)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(_interrupted(args), file=sys.stderr)
+        return INTERRUPTED
     except BrokenPipeError:
         # the reader went away (`bignmf top-features RUN | head`): end quietly; stdout is
         # pointed at devnull so that flushing it at exit raises nothing more

@@ -221,7 +221,9 @@ def consensus(
     k : int
     density_threshold : float
         Spectra whose local density (mean distance to the nearest neighbours, unit vectors:
-        0 to 2) is above this are outliers; 2 or more keeps every spectrum.
+        0 to 2) is above this are outliers; 2 or more keeps every spectrum. With one
+        replicate nothing is dropped and the stability is undefined (NaN): the consensus is
+        that fit's spectra.
     local_neighborhood : float
         Neighbours of the local density, as a fraction of the replicates (:func:`neighbours`).
     seed : int
@@ -236,7 +238,8 @@ def consensus(
     X = unit_rows(np.concatenate([np.asarray(H) for H in spectra], axis=0))
     n_neighbors = neighbours(X.shape[0], k, local_neighborhood)
     density = local_density(X, n_neighbors)
-    kept = density <= density_threshold
+    alone = X.shape[0] < 2 * k  # one replicate: its spectra have no neighbours but each other
+    kept = np.ones(X.shape[0], dtype=bool) if alone else density <= density_threshold
     labels = np.full(X.shape[0], -1, dtype=np.int64)
     if kept.sum() < k:
         problem = (
@@ -250,7 +253,7 @@ def consensus(
     medians = np.stack([np.median(X[labels == c], axis=0) for c in range(k)])
     totals = medians.sum(axis=1, keepdims=True)
     medians = medians / np.where(totals > 0, totals, 1.0)
-    stability = silhouette(X[kept], labels[kept]) if k > 1 else float("nan")
+    stability = silhouette(X[kept], labels[kept]) if k > 1 and not alone else float("nan")
     return Consensus(
         k, medians, density, kept, labels, stability, float(density_threshold), n_neighbors
     )

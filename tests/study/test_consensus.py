@@ -79,3 +79,12 @@ def test_too_many_outliers_for_k_leave_no_consensus_and_say_why():
     assert "raise the density threshold" in made.problem
     assert made.outliers == 12
     assert np.isnan(made.stability)
+
+
+def test_one_replicate_is_its_own_consensus():
+    H = np.random.default_rng(5).random((3, 10))
+    made = consensus([H], 3)
+    assert made.outliers == 0
+    assert np.isnan(made.stability)
+    found = np.corrcoef(np.vstack([H, made.spectra]))[:3, 3:]
+    assert np.allclose(np.sort(found.max(axis=1)), 1.0)

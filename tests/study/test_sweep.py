@@ -210,6 +210,7 @@ def test_a_study_killed_at_random_moments_resumes_to_the_same_bits(
     [
         (("-k", "3-x"), "is not a k"),
         (("-k", "0,3"), "integers >= 1"),
+        (("-k", "5-3"), "'5-3' is an empty range"),
         (("-k", "500"), "k = 500 is above min(m, n)"),
         (("-k", "3", "--cv", "1.5"), "--cv"),
         (("-k", "3", "--replicates", "0"), "--replicates"),
@@ -269,3 +270,20 @@ def test_a_study_where_a_run_is_expected_says_what_to_do(cli_reference):
     assert "top-features" in done.stderr
     fit = _bignmf("report", cli_reference / "fits" / "k4" / "r0")
     assert fit.returncode == 0, fit.stderr  # each fit is a run
+
+
+def test_ctrl_c_stops_a_study_in_one_line_and_resume_finishes_it(planted, cli_reference, tmp_path):
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "bignmf", "sweep", str(planted[0]), "--out", str(out), *SWEEP]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("fits/*/*/ckpt-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert f"interrupted; `bignmf resume {out}`" in stderr
+    done = _bignmf("resume", out, "--scheduler", "threads", "--no-progress", "--top", "0")
+    assert done.returncode == 0, done.stderr
+    _same_study(cli_reference, out)
