@@ -1667,7 +1667,7 @@ INTERRUPTED = 130
 
 def _interrupted(args: argparse.Namespace | None) -> str:
     """The line for Ctrl-C: what to run to go on, when a run or a study was begun."""
-    from bignmf.fit.rundir import RUN_FILE
+    from bignmf.fit.rundir import CHOOSE_K, RUN_FILE
     from bignmf.study.layout import STUDY_FILE
 
     command = getattr(args, "command", None)
@@ -1676,6 +1676,8 @@ def _interrupted(args: argparse.Namespace | None) -> str:
     path = Path(getattr(args, where)) if where else None
     if path is not None and any((path / name).is_file() for name in (RUN_FILE, STUDY_FILE)):
         return f"{text}; `bignmf resume {path}` goes on from its last checkpoints"
+    if path is not None and (path / CHOOSE_K / STUDY_FILE).is_file():
+        return f"{text}; the same `bignmf fit` command goes on with its choice of k"
     return text
 
 

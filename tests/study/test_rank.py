@@ -46,7 +46,9 @@ def test_fit_k_auto_fits_the_rank_its_study_chose(few_ranks, tmp_path, capsys):
     assert "--plan-only plans one k" in capsys.readouterr().err
 
 
-def test_a_stopped_choice_of_k_is_finished_by_the_same_command(few_ranks, tmp_path, monkeypatch):
+def test_a_stopped_choice_of_k_is_finished_by_the_same_command(
+    few_ranks, tmp_path, monkeypatch, capsys
+):
     A, _, _ = planted_programs(k=K)
     sp.save_npz(tmp_path / "a.npz", A)
     run = tmp_path / "run"
@@ -64,6 +66,7 @@ def test_a_stopped_choice_of_k_is_finished_by_the_same_command(few_ranks, tmp_pa
 
     monkeypatch.setattr(outputs, "finish_run", fail_on_the_fourth)
     assert main(argv) == 130  # interrupted at the fourth fit's outputs
+    assert "the same `bignmf fit` command goes on" in capsys.readouterr().err
     assert (run / "choose-k" / "study.json").exists()
     monkeypatch.setattr(outputs, "finish_run", original)
     assert main(argv) == 0
