@@ -25,6 +25,12 @@ Parts (``--parts``, all by default), each the function of its own script:
     Time to scikit-learn's best loss, s/iteration and peak RSS against matrix size (10^5 to
     10^8 nonzeros, three shapes): ``bignmf fit``, ``bignmf.nmf``, scikit-learn cd and mu and
     RcppML, each in its own process, and a plain SciPy loop's s/iteration (``sizes.py``).
+``study``
+    Consensus NMF studies on planted single-cell counts: ``bignmf sweep`` against the ``cnmf``
+    package (skipped with a note when not installed), same k list, replicates and normalised
+    matrix: wall time, peak RSS, agreement of the consensus spectra with the planted programs;
+    the full profile adds a matrix cNMF cannot hold, bignmf alone on a memory-limited
+    LocalCluster (``study.py``).
 
 Profiles: the default (full) uses each script's own defaults (tens of minutes, and hours for
 ``sizes``, whose largest matrices have 10^8 nonzeros); ``--quick`` their ``--quick`` settings
@@ -68,9 +74,10 @@ import memory_peak
 import missing
 import scaling
 import sizes
+import study
 
 HERE = Path(__file__).resolve().parent
-PARTS = ("roofline", "sklearn", "memory", "scaling", "checkpoint", "missing", "sizes")
+PARTS = ("roofline", "sklearn", "memory", "scaling", "checkpoint", "missing", "sizes", "study")
 PROFILES = ("full", "quick", "smoke")
 VERSIONED = ("numpy", "scipy", "dask", "distributed", "zarr", "numcodecs", "scikit-learn",
              "matplotlib", "psutil")  # fmt: skip
@@ -117,6 +124,19 @@ SIZES_ARGV = {
     "smoke": [
         *("--sizes", "4000,16000", "--shapes", "medium", "--cols", "2000", "-k", "4"),
         *("--iters", "5", "--loop-iters", "3", "--budget", "30"),
+    ],
+}
+
+# smoke: cNMF's minimum of 4 replicates (fewer leave its density filter no neighbours), and a
+# tiny "larger" matrix so that the streamed generation and the LocalCluster path run too
+STUDY_ARGV = {
+    "full": [],
+    "quick": ["--quick"],
+    "smoke": [
+        *("--cells", "1000", "--genes", "300", "--types", "4", "--activity", "1"),
+        *("--library", "300", "--ks", "4,5", "--replicates", "4", "--max-iter", "200"),
+        *("--large-cells", "8192", "--large-ks", "5", "--large-replicates", "2"),
+        *("--large-max-iter", "20", "--large-memory-limit", "1GiB"),
     ],
 }
 
@@ -200,6 +220,12 @@ def sizes_part(ctx: argparse.Namespace) -> tuple:
     return sizes.markdown(result), result, [sizes.plot(result, ctx.out, checked_in)]
 
 
+def study_part(ctx: argparse.Namespace) -> tuple:
+    """``bignmf sweep`` against cNMF on planted single-cell counts (``study.run``)."""
+    result = study.run(study.parse_args([*STUDY_ARGV[ctx.profile], *_dirs(ctx)]))
+    return study.markdown(result), result, []
+
+
 def _dirs(ctx: argparse.Namespace) -> list[str]:
     return ["--workdir", str(ctx.workdir), "--out", str(ctx.out)]
 
@@ -216,6 +242,7 @@ TITLES = {
     "checkpoint": "Checkpoint and resume overhead",
     "missing": "Missing entries: held-out RMSE against wall time, against Spark, Surprise, RcppML",
     "sizes": "Sizes: time to scikit-learn's best loss from 10^5 to 10^8 nonzeros",
+    "study": "Study: consensus NMF, `bignmf sweep` against cNMF",
 }
 
 
@@ -321,6 +348,7 @@ def run_parts(ctx: argparse.Namespace) -> dict[str, dict]:
         "checkpoint": lambda: {"checkpoint": checkpoint_part(ctx)},
         "missing": lambda: {"missing": missing_part(ctx)},
         "sizes": lambda: {"sizes": sizes_part(ctx)},
+        "study": lambda: {"study": study_part(ctx)},
     }
     engine_wanted = {p for p in ctx.parts if p in ("roofline", "sklearn")}
     if engine_wanted:  # one engine run serves both parts

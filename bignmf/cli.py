@@ -27,6 +27,7 @@ from bignmf.fit.settings import AUTO_CHECKPOINTS, IMPLICIT_ALPHA
 from bignmf.io.vocabulary import find_vocabulary, vocabulary_path
 from bignmf.store.layout import CODEC_NAMES, DEFAULT_CHUNK_SIZE, DEFAULT_CODEC
 from bignmf.study.consensus import DENSITY_THRESHOLD, LOCAL_NEIGHBORHOOD
+from bignmf.study.settings import STUDY_MAX_ITER, STUDY_TOL
 
 
 def _human_bytes(n: float) -> str:
@@ -1192,7 +1193,13 @@ def _fit_settings(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in FIT_SETTINGS}
 
 
-def _add_fit_settings(p: argparse.ArgumentParser, init_default: str | None, init_why: str):
+def _add_fit_settings(
+    p: argparse.ArgumentParser,
+    init_default: str | None,
+    init_why: str,
+    tol: float = 1e-4,
+    max_iter: int = 200,
+):
     """The options of a fit's settings (``fit`` and ``sweep``): solver, loss, initialisation,
     stopping, regularisation, HALS sweeps."""
     p.add_argument(
@@ -1217,10 +1224,10 @@ def _add_fit_settings(p: argparse.ArgumentParser, init_default: str | None, init
     p.add_argument(
         "--tol",
         type=NON_NEGATIVE,
-        default=1e-4,
+        default=tol,
         help="tolerance of the stopping rule (0: run --max-iter iterations)",
     )
-    p.add_argument("--max-iter", type=POSITIVE, default=200, help="iterations at most")
+    p.add_argument("--max-iter", type=POSITIVE, default=max_iter, help="iterations at most")
     p.add_argument(
         "--stopping", choices=registry.names("stopping"), default="relative", help=STOPPING_HELP
     )
@@ -1458,7 +1465,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=LOCAL_NEIGHBORHOOD,
         help="consensus: the neighbours of that distance, a fraction of the replicates",
     )
-    _add_fit_settings(p, "random", "random: replicates of an SVD start would be one fit")
+    _add_fit_settings(
+        p,
+        "random",
+        "random: replicates of an SVD start would be one fit",
+        STUDY_TOL,  # a consensus wants converged replicates (bignmf/study/settings.py)
+        STUDY_MAX_ITER,
+    )
     p.add_argument("--key", help="matrix inside an AnnData store (default: X)")
     p.add_argument(
         "--layer",

@@ -155,19 +155,24 @@ def test_plots_are_png_files_linked_from_the_report(smoke, name):
     assert f"]({name})" in report
 
 
-@pytest.fixture(scope="module")
-def sizes_smoke(tmp_path_factory):
-    """The ``sizes`` part alone (``--smoke --parts sizes``): report, JSON results, output folder."""
-    out = tmp_path_factory.mktemp("sizes-out")
-    workdir = tmp_path_factory.mktemp("sizes-data")
-    cmd = [sys.executable, "-m", "benchmarks", "--smoke", "--parts", "sizes"]
+def _part_smoke(tmp_path_factory, part: str):
+    """One part alone (``--smoke --parts PART``): report, its JSON results, output folder."""
+    out = tmp_path_factory.mktemp(f"{part}-out")
+    workdir = tmp_path_factory.mktemp(f"{part}-data")
+    cmd = [sys.executable, "-m", "benchmarks", "--smoke", "--parts", part]
     cmd += ["--out", str(out), "--workdir", str(workdir)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     report = (out / "report-smoke.md").read_text()
     results = json.loads((out / "results-smoke.json").read_text())
-    return report, results["parts"]["sizes"]["result"], out
+    return report, results["parts"][part]["result"], out
+
+
+@pytest.fixture(scope="module")
+def sizes_smoke(tmp_path_factory):
+    """The ``sizes`` part alone: report, JSON results, output folder."""
+    return _part_smoke(tmp_path_factory, "sizes")
 
 
 def test_sizes_part_times_every_method_to_sklearns_loss(sizes_smoke):
@@ -202,3 +207,45 @@ def test_sizes_plot_is_a_png_linked_from_the_report(sizes_smoke):
     report, _, out = sizes_smoke
     assert (out / "sizes.png").read_bytes().startswith(PNG_MAGIC)
     assert "](sizes.png)" in report
+
+
+@pytest.fixture(scope="module")
+def study_smoke(tmp_path_factory):
+    """The ``study`` part alone: report, JSON results."""
+    pytest.importorskip("anndata")
+    report, result, _ = _part_smoke(tmp_path_factory, "study")
+    return report, result
+
+
+def test_study_part_compares_the_sweep_with_cnmf_on_planted_programs(study_smoke):
+    report, result = study_smoke
+    assert "## Study" in report
+    assert "Failed" not in report
+    rows = {row[0]: row for row in _table(report, "| method | matrix | ks |")}
+    assert _number(rows["bignmf sweep"][4]) > 0  # wall s
+    sweep = result["bignmf"]
+    assert "error" not in sweep
+    assert sweep["seconds"] > 0
+    assert sweep["peak"] > 10 * 2**20  # a Python process is > 10 MiB
+    assert sorted(sweep["spectra"]) == result["ks"]  # a consensus H for every k
+    assert {row["k"] for row in sweep["per_k"]} == set(result["ks"])
+    assert 0.5 < sweep["agreement"]["min"] <= sweep["agreement"]["median"] <= 1
+    assert len(sweep["agreement"]["matched"]) == result["planted_k"]
+    cnmf = result["cnmf"]
+    if "note" in cnmf:  # not installed: skipped, and the report says so
+        assert cnmf["note"].startswith("skipped")
+        assert "No ratio" in report
+    else:
+        steps = ["prepare", "factorize", "combine", "k_selection_plot", "consensus"]
+        assert [s["step"] for s in cnmf["steps"]] == steps
+        assert all(s["returncode"] == 0 for s in cnmf["steps"])
+        assert 0.5 < cnmf["agreement"]["min"] <= 1
+        assert result["ratio"]["replaced"] > 0
+        assert "bignmf / cNMF wall time measured side by side in this run" in report
+        assert any(name.startswith("cNMF") and _number(row[4]) > 0 for name, row in rows.items())
+    assert "bignmf sweep, LocalCluster" in rows
+    large = result["large"]  # the smoke profile's tiny "larger" matrix, on a LocalCluster
+    assert "error" not in large
+    assert large["worker_peak"] > 10 * 2**20
+    assert large["processes"] >= 3  # the driver and two workers
+    assert 0.5 < large["agreement"]["median"] <= 1

@@ -52,7 +52,7 @@ def choose_rank(
     scheduler, progress
         As :func:`bignmf.sweep`'s.
     **fit
-        The fits' settings (:data:`bignmf.study.sweep.FIT_SETTINGS`' keys): Frobenius loss
+        The fits' settings (:data:`bignmf.study.settings.FIT_SETTINGS`' keys): Frobenius loss
         only, as every cross-validated fit.
 
     Returns

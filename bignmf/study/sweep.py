@@ -33,25 +33,9 @@ from bignmf.plan import fits_in_flight
 from bignmf.store.speckled import SpeckledMask
 from bignmf.study.consensus import DENSITY_THRESHOLD, LOCAL_NEIGHBORHOOD
 from bignmf.study.layout import StudyDir, read_json
+from bignmf.study.settings import FIT_SETTINGS
 
-__all__ = ["FIT_SETTINGS", "StoppedStudy", "StudySpec", "resume_study", "run_study", "sweep"]
-
-#: The keywords of :func:`bignmf.nmf` a study passes to every fit, with their defaults
-#: (``init`` is 'random': replicates of an SVD start would all be the same fit).
-FIT_SETTINGS = {
-    "solver": "hals",
-    "beta_loss": "frobenius",
-    "init": "random",
-    "tol": 1e-4,
-    "stopping": "relative",
-    "max_iter": 200,
-    "alpha_W": 0.0,
-    "alpha_H": "same",
-    "l1_ratio": 0.0,
-    "n_inner": None,
-    "checkpoint_every": "auto",
-    "checkpoint_seconds": 600.0,
-}
+__all__ = ["StoppedStudy", "StudySpec", "resume_study", "run_study", "sweep"]
 
 
 class StoppedStudy(BigNMFError):
@@ -208,7 +192,9 @@ def sweep(
         A line on stderr per fit finished and per phase.
     **fit
         The fits' settings, as :func:`bignmf.nmf` takes them: ``solver``, ``beta_loss``,
-        ``init`` (default 'random'), ``tol``, ``stopping``, ``max_iter``, ``alpha_W``,
+        ``init`` (default 'random'), ``tol`` (default 1e-6: a consensus wants converged
+        replicates, :data:`~bignmf.study.settings.STUDY_TOL`), ``stopping``, ``max_iter``
+        (default 1000), ``alpha_W``,
         ``alpha_H``, ``l1_ratio``, ``n_inner``, ``checkpoint_every``, ``checkpoint_seconds``.
 
     Returns
