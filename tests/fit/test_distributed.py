@@ -80,7 +80,11 @@ def test_lineage_is_one_iteration_deep(tmp_path, store, dask_client):
 
     bignmf.nmf(store, K, init="random", random_state=1, tol=0, max_iter=15, scheduler=dask_client,
                workdir=tmp_path, callback=count)  # fmt: skip
-    assert max(counts[5:]) <= max(counts[:5])
+    # each look finds one iteration's tasks, or none when they were already released (as the
+    # first five looks once did on a loaded machine): not more and more as the fit goes on
+    seen = [c for c in counts if c]
+    assert seen
+    assert max(seen) <= 2 * min(seen)  # a lineage kept would grow by one graph a look
 
 
 @pytest.mark.parametrize("scheduler", ["client", "threads", "synchronous"])
